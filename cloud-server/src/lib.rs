@@ -1,0 +1,1 @@
+//! `cloud-server`: the server of the private-inference protocol (std).

@@ -1,0 +1,1 @@
+//! `edge-client`: the client of the private-inference protocol on a host (std).
