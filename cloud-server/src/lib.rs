@@ -1,1 +1,2 @@
 //! `cloud-server`: the server of the private-inference protocol (std).
+pub mod model;

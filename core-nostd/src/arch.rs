@@ -28,27 +28,17 @@ pub struct Shape {
 
 impl Shape {
     pub const fn new(channels: u32, height: u32, width: u32) -> Shape {
-        Shape {
-            channels,
-            height,
-            width,
-        }
+        Shape { channels, height, width }
     }
 
     /// A flat vector of `len` elements.
     pub const fn flat(len: u32) -> Shape {
-        Shape {
-            channels: len,
-            height: 1,
-            width: 1,
-        }
+        Shape { channels: len, height: 1, width: 1 }
     }
 
     /// Number of elements (saturating, so hostile descriptors cannot overflow).
     pub const fn len(&self) -> usize {
-        (self.channels as usize)
-            .saturating_mul(self.height as usize)
-            .saturating_mul(self.width as usize)
+        (self.channels as usize).saturating_mul(self.height as usize).saturating_mul(self.width as usize)
     }
 
     pub const fn is_empty(&self) -> bool {
@@ -95,11 +85,7 @@ pub enum ArchError {
     /// The kernel does not fit in the padded input.
     KernelTooLarge { map: usize },
     /// The input of map `map` does not match the output of the previous map (or the model input).
-    ShapeMismatch {
-        map: usize,
-        expected: usize,
-        found: usize,
-    },
+    ShapeMismatch { map: usize, expected: usize, found: usize },
     /// A tensor is larger than this implementation supports.
     TooLarge { map: usize },
     /// Fixed-point parameters out of range.
@@ -114,15 +100,8 @@ impl core::fmt::Display for ArchError {
             ArchError::KernelTooLarge { map } => {
                 write!(f, "map {map}: kernel larger than padded input")
             }
-            ArchError::ShapeMismatch {
-                map,
-                expected,
-                found,
-            } => {
-                write!(
-                    f,
-                    "map {map}: input has {found} elements, previous output has {expected}"
-                )
+            ArchError::ShapeMismatch { map, expected, found } => {
+                write!(f, "map {map}: input has {found} elements, previous output has {expected}")
             }
             ArchError::TooLarge { map } => write!(f, "map {map}: tensor too large"),
             ArchError::BadFixedPoint => write!(f, "fixed-point parameters out of range"),
@@ -158,11 +137,7 @@ impl LinearKind {
             } => {
                 let ph = input.height as u64 + 2 * pad_h as u64;
                 let pw = input.width as u64 + 2 * pad_w as u64;
-                if stride_h == 0
-                    || stride_w == 0
-                    || (kernel_h as u64) > ph
-                    || (kernel_w as u64) > pw
-                {
+                if stride_h == 0 || stride_w == 0 || (kernel_h as u64) > ph || (kernel_w as u64) > pw {
                     return Shape::new(out_channels, 0, 0);
                 }
                 let oh = (ph - kernel_h as u64) / stride_h as u64 + 1;
@@ -181,12 +156,7 @@ impl LinearKind {
     /// Multiply-accumulates of one plaintext evaluation (weights touched once per output).
     pub const fn macs(&self) -> u64 {
         match *self {
-            LinearKind::Conv2d {
-                input,
-                kernel_h,
-                kernel_w,
-                ..
-            } => {
+            LinearKind::Conv2d { input, kernel_h, kernel_w, .. } => {
                 self.output_len() as u64 * input.channels as u64 * kernel_h as u64 * kernel_w as u64
             }
             LinearKind::Dense { inputs, outputs } => inputs as u64 * outputs as u64,
@@ -255,11 +225,7 @@ impl Architecture {
             }
             let found = map.kind.input_len();
             if found != previous {
-                return Err(ArchError::ShapeMismatch {
-                    map: i,
-                    expected: previous,
-                    found,
-                });
+                return Err(ArchError::ShapeMismatch { map: i, expected: previous, found });
             }
             let out = map.kind.output_len();
             if found > MAX_TENSOR || out > MAX_TENSOR || out == 0 {
@@ -288,11 +254,7 @@ impl Architecture {
     /// Total number of squared elements (activations) over all square layers.
     pub fn activations(&self) -> usize {
         let n = self.maps.len();
-        self.maps
-            .iter()
-            .take(n.saturating_sub(1))
-            .map(|m| m.kind.output_len())
-            .sum()
+        self.maps.iter().take(n.saturating_sub(1)).map(|m| m.kind.output_len()).sum()
     }
 
     /// A 32-byte identity of the public architecture: SHA-256 over a domain tag and the postcard
@@ -333,16 +295,9 @@ mod tests {
             pad_h: 0,
             pad_w: 0,
         };
+        maps.push(AffineSpec { kind: conv, truncate_bits: 8 }).unwrap();
         maps.push(AffineSpec {
-            kind: conv,
-            truncate_bits: 8,
-        })
-        .unwrap();
-        maps.push(AffineSpec {
-            kind: LinearKind::Dense {
-                inputs: 16 * 24 * 24,
-                outputs: 10,
-            },
+            kind: LinearKind::Dense { inputs: 16 * 24 * 24, outputs: 10 },
             truncate_bits: 8,
         })
         .unwrap();
@@ -370,13 +325,7 @@ mod tests {
     #[test]
     fn mismatched_shapes_are_rejected() {
         let mut a = minionn_like();
-        a.maps[1].kind = LinearKind::Dense {
-            inputs: 100,
-            outputs: 10,
-        };
-        assert!(matches!(
-            a.validate(),
-            Err(ArchError::ShapeMismatch { map: 1, .. })
-        ));
+        a.maps[1].kind = LinearKind::Dense { inputs: 100, outputs: 10 };
+        assert!(matches!(a.validate(), Err(ArchError::ShapeMismatch { map: 1, .. })));
     }
 }

@@ -48,11 +48,7 @@ pub struct NotCanonical(pub u64);
 
 impl fmt::Display for NotCanonical {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} is not a canonical element of F_p (p = {})",
-            self.0, P
-        )
+        write!(f, "{} is not a canonical element of F_p (p = {})", self.0, P)
     }
 }
 
@@ -295,11 +291,7 @@ mod tests {
             1u128 << 127,
         ];
         for v in samples {
-            assert_eq!(
-                Fp::from_u128_reduced(v).value() as u128,
-                v % P as u128,
-                "{v}"
-            );
+            assert_eq!(Fp::from_u128_reduced(v).value() as u128, v % P as u128, "{v}");
         }
         for v in [0u64, 1, P - 1, P, P + 1, u64::MAX, u64::MAX - P] {
             assert_eq!(Fp::from_u64_reduced(v).value(), v % P);
@@ -311,10 +303,7 @@ mod tests {
         for v in [0i64, 1, -1, 42, -42, (HALF as i64), -(HALF as i64)] {
             assert_eq!(Fp::from_i64(v).to_i64_centered(), v);
         }
-        assert_eq!(
-            Fp::from_i64(i64::MIN).value() as i128,
-            (i64::MIN as i128).rem_euclid(P as i128)
-        );
+        assert_eq!(Fp::from_i64(i64::MIN).value() as i128, (i64::MIN as i128).rem_euclid(P as i128));
         let x = Fp::from_i64(-123456789);
         assert_eq!(x * x.inverse().unwrap(), Fp::ONE);
         assert!(Fp::new(P).is_err());
