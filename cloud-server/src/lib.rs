@@ -1,2 +1,4 @@
 //! `cloud-server`: the server of the private-inference protocol (std).
+pub mod config;
 pub mod model;
+pub mod tickets;
