@@ -19,10 +19,11 @@
 //! max_ticket_bytes = 536870912
 //! max_tickets = 100000
 //! max_tickets_per_session = 256
-//!
-//! [output]
-//! reveal = "logits"           # or "label": the client then learns only the arg-max
 //! ```
+//!
+//! The client always learns the logits: revealing only the arg-max label (DESIGN §2 mentions it
+//! as an option) needs a secure comparison protocol that this system does not implement, so there
+//! is deliberately no such switch.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,17 +32,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::tickets::TicketLimits;
-
-/// What the client learns at the end of an inference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Reveal {
-    /// All logits (DESIGN §2 default).
-    #[default]
-    Logits,
-    /// Only the arg-max label.
-    Label,
-}
 
 /// One model to load.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -98,13 +88,6 @@ impl Limits {
     }
 }
 
-/// Output policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct Output {
-    pub reveal: Reveal,
-}
-
 /// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,8 +97,6 @@ pub struct ServerConfig {
     pub models: Vec<ModelEntry>,
     #[serde(default)]
     pub limits: Limits,
-    #[serde(default)]
-    pub output: Output,
 }
 
 /// Why a configuration is unusable.
@@ -204,7 +185,6 @@ mod tests {
         .unwrap();
         assert_eq!(c.models[0].path, PathBuf::from("/etc/pi/m.onnx"));
         assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.output.reveal, Reveal::Logits);
     }
 
     #[test]
@@ -218,8 +198,11 @@ mod tests {
         let zero =
             "listen = \"127.0.0.1:0\"\n[[model]]\nid = \"m\"\npath = \"a\"\n[limits]\nmax_sessions = 0\n";
         assert!(matches!(ServerConfig::from_toml(zero, base), Err(ConfigError::Invalid(_))));
-        let label =
+        let output =
             "listen = \"127.0.0.1:0\"\n[[model]]\nid = \"m\"\npath = \"a\"\n[output]\nreveal = \"label\"\n";
-        assert_eq!(ServerConfig::from_toml(label, base).unwrap().output.reveal, Reveal::Label);
+        assert!(
+            matches!(ServerConfig::from_toml(output, base), Err(ConfigError::Parse(_))),
+            "no label-only mode"
+        );
     }
 }
