@@ -1,4 +1,5 @@
 //! `cloud-server`: the server of the private-inference protocol (std).
 pub mod config;
+pub mod inference;
 pub mod model;
 pub mod tickets;

@@ -16,6 +16,7 @@ pub mod arch;
 pub mod field;
 pub mod fixed_point;
 pub mod mask;
+pub mod online;
 pub mod packing;
 pub mod share;
 pub mod truncation;
