@@ -199,12 +199,18 @@ impl Add for Fp {
     }
 }
 
+/// `a - b mod p` for canonical `a`, `b`, adding `p` back under a mask instead of a branch.
+#[inline(always)]
+const fn sub_mod(a: u64, b: u64) -> u64 {
+    let (d, borrow) = a.overflowing_sub(b);
+    d.wrapping_add(P & mask_from_bit(borrow as u64))
+}
+
 impl Sub for Fp {
     type Output = Fp;
     #[inline(always)]
     fn sub(self, rhs: Fp) -> Fp {
-        let (d, borrow) = self.0.overflowing_sub(rhs.0);
-        Fp(d.wrapping_add(P & mask_from_bit(borrow as u64)))
+        Fp(sub_mod(self.0, rhs.0))
     }
 }
 
