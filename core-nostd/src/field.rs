@@ -280,7 +280,7 @@ mod tests {
     fn p_is_one_mod_2n() {
         assert_eq!(P % (2 * RING_DEGREE as u64), 1);
         assert_eq!(P, 1152921504606830593);
-        assert!(P < (1 << P_BITS) && P > (1 << (P_BITS - 1)));
+        const { assert!(P < (1 << P_BITS) && P > (1 << (P_BITS - 1))) };
     }
 
     #[test]
