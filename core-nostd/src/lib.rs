@@ -19,6 +19,7 @@ pub mod mask;
 pub mod online;
 pub mod packing;
 pub mod share;
+pub mod ticket;
 pub mod truncation;
 pub mod wire;
 
