@@ -219,7 +219,9 @@ mod tests {
     use crate::model::merged::linear_reference;
     use crate::model::{AffineWeights, MergedModel};
     use core_nostd::arch::{AffineSpec, LinearKind, Shape};
-    use core_nostd::online::client_square_share;
+    use core_nostd::client::{ClientState, OnlineClient};
+    use core_nostd::mask::MaskStream;
+    use core_nostd::ticket::{ticket_len, write_body, SliceBody, TicketHeader};
     use core_nostd::truncation::{truncate_client_share, truncate_reference};
     use rand::{Rng, SeedableRng};
 
@@ -296,68 +298,94 @@ mod tests {
         unreachable!()
     }
 
+    /// Trusted-dealer preprocessing: exactly the values the HE stage produces, computed in the
+    /// clear. Returns the client's ticket bytes and the server's material.
+    fn deal(m: &MergedModel, rng: &mut rand::rngs::StdRng) -> (Vec<u8>, ServerMaterial) {
+        let arch = &m.arch;
+        let l = arch.maps.len();
+        let uniform = |rng: &mut rand::rngs::StdRng, n: usize| -> Vec<Fp> {
+            (0..n).map(|_| Fp::from_u128_reduced(rng.random())).collect()
+        };
+        let header = TicketHeader { arch_hash: arch.hash(), ticket_id: rng.random(), seed: rng.random() };
+        let r: Vec<Vec<Fp>> = arch
+            .maps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut stream = MaskStream::new(&header.seed, i as u32, 0);
+                (0..s.kind.input_len()).map(|_| stream.next_element()).collect()
+            })
+            .collect();
+        let s: Vec<Vec<Fp>> = arch.maps.iter().map(|s| uniform(rng, s.kind.output_len())).collect();
+        let u: Vec<Vec<Fp>> = arch.maps[..l - 1].iter().map(|s| uniform(rng, s.kind.output_len())).collect();
+        let v: Vec<Vec<Fp>> = arch.maps[..l - 1].iter().map(|s| uniform(rng, s.kind.output_len())).collect();
+        let yc: Vec<Vec<Fp>> = (0..l)
+            .map(|i| {
+                let wr = linear_reference(&arch.maps[i].kind, &m.maps[i].weights, &r[i]);
+                let t = u32::from(arch.maps[i].truncate_bits);
+                wr.iter().zip(&s[i]).map(|(&a, &b)| truncate_client_share(a - b, t)).collect()
+            })
+            .collect();
+        let e: Vec<Vec<Fp>> = (0..l - 1)
+            .map(|i| yc[i].iter().zip(&u[i]).zip(&v[i]).map(|((&y, &u), &v)| y * u - v).collect())
+            .collect();
+        let mut ticket = header.to_bytes().to_vec();
+        let yc_refs: Vec<&[Fp]> = yc.iter().map(|v| v.as_slice()).collect();
+        let e_refs: Vec<&[Fp]> = e.iter().map(|v| v.as_slice()).collect();
+        write_body::<()>(&yc_refs, &e_refs, |b| {
+            ticket.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ticket.len(), ticket_len(arch));
+        (ticket, ServerMaterial { s, u, v })
+    }
+
     #[test]
     fn shared_inference_matches_the_fixed_point_reference() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for _ in 0..5 {
+        for chunk in [1usize, 13, 128] {
             let m = small_model(&mut rng);
             let arch = m.arch.clone();
-            let uniform = |rng: &mut rand::rngs::StdRng, n: usize| -> Vec<Fp> {
-                (0..n).map(|_| Fp::from_u128_reduced(rng.random())).collect()
-            };
-            // Trusted-dealer preprocessing (the HE stage computes exactly these values).
-            let r: Vec<Vec<Fp>> = arch.maps.iter().map(|s| uniform(&mut rng, s.kind.input_len())).collect();
-            let s: Vec<Vec<Fp>> = arch.maps.iter().map(|s| uniform(&mut rng, s.kind.output_len())).collect();
-            let u: Vec<Vec<Fp>> =
-                arch.maps[..2].iter().map(|s| uniform(&mut rng, s.kind.output_len())).collect();
-            let v: Vec<Vec<Fp>> =
-                arch.maps[..2].iter().map(|s| uniform(&mut rng, s.kind.output_len())).collect();
-            let yc: Vec<Vec<Fp>> = (0..3)
-                .map(|i| {
-                    let wr = linear_reference(&arch.maps[i].kind, &m.maps[i].weights, &r[i]);
-                    let t = u32::from(arch.maps[i].truncate_bits);
-                    wr.iter().zip(&s[i]).map(|(&a, &b)| truncate_client_share(a - b, t)).collect()
-                })
-                .collect();
-            let e: Vec<Vec<Fp>> = (0..2)
-                .map(|i| yc[i].iter().zip(&u[i]).zip(&v[i]).map(|((&y, &u), &v)| y * u - v).collect())
-                .collect();
-
+            let (ticket, material) = deal(&m, &mut rng);
             let biases = m.maps.iter().map(|w| w.bias.iter().map(|&b| Fp::from_i64(b)).collect()).collect();
             let model = OnlineModel { arch: arch.clone(), layers: Direct(m.clone()), biases };
-            let mut server = OnlineServer::new(&model, ServerMaterial { s, u, v }).unwrap();
+            let mut server = OnlineServer::new(&model, material).unwrap();
+            let header = TicketHeader::from_bytes(&ticket).unwrap();
+            let mut client =
+                OnlineClient::new(&arch, header, SliceBody::of_ticket(&ticket).unwrap()).unwrap();
 
             let x: Vec<Fp> = (0..arch.input_len()).map(|_| Fp::from_i64(rng.random_range(0..=256))).collect();
-            let masked: Vec<Fp> = x.iter().zip(&r[0]).map(|(&a, &b)| a - b).collect();
-            // Send in uneven chunks to exercise reassembly.
+            let mut buf = vec![Fp::ZERO; chunk];
             let mut reply = None;
-            for (k, chunk) in masked.chunks(13).enumerate() {
-                reply = server.on_chunk(0, k * 13, chunk).unwrap();
+            for part in x.chunks(chunk) {
+                let offset = client.mask_input(part, &mut buf).unwrap();
+                reply = server.on_chunk(0, offset, &buf[..part.len()]).unwrap();
             }
-            let logits = loop {
+            let mut logits = vec![Fp::ZERO; arch.output_len()];
+            loop {
                 match reply.take().expect("server must reply once the vector is complete") {
                     ServerReply::SquareMasks { layer, values: d } => {
-                        let zc_masked: Vec<Fp> = d
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &d)| {
-                                client_square_share(yc[layer][j], d, e[layer][j], 8) - r[layer + 1][j]
-                            })
-                            .collect();
-                        reply = server.on_chunk(layer + 1, 0, &zc_masked).unwrap();
+                        for (k, part) in d.chunks(chunk).enumerate() {
+                            client.on_square_masks(layer, k * chunk, part, &mut buf).unwrap();
+                            reply = server.on_chunk(layer + 1, k * chunk, &buf[..part.len()]).unwrap();
+                        }
                     }
                     ServerReply::Output { values } => {
-                        break values
-                            .iter()
-                            .zip(&yc[2])
-                            .map(|(&a, &b)| (a + b).to_i64_centered())
-                            .collect::<Vec<_>>()
+                        let mut done = false;
+                        for (k, part) in values.chunks(chunk).enumerate() {
+                            done = client.on_output(k * chunk, part, &mut logits).unwrap();
+                        }
+                        assert!(done);
+                        break;
                     }
                 }
-            };
+            }
             assert!(server.is_done());
+            assert_eq!(client.state(), ClientState::Done);
             let (expect, bound) = reference_with_bound(&m, &x);
             for ((got, want), b) in logits.iter().zip(&expect).zip(&bound) {
+                let got = got.to_i64_centered();
                 assert!((got - want).abs() <= *b, "logit {got} vs reference {want}, bound {b}");
             }
         }

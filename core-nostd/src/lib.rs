@@ -13,6 +13,7 @@
 extern crate std;
 
 pub mod arch;
+pub mod client;
 pub mod field;
 pub mod fixed_point;
 pub mod mask;
