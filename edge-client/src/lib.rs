@@ -1,1 +1,2 @@
 //! `edge-client`: the client of the private-inference protocol on a host (std).
+pub mod tickets;
