@@ -25,6 +25,11 @@ use crate::field::{Fp, HALF, P_BITS};
 /// models use far fewer (see the crate docs for the choice of `f`).
 pub const MAX_FRAC_BITS: u32 = P_BITS - 2;
 
+/// Recommended fraction bits for activations (and weights, `truncate_bits`) when a model has
+/// no better-calibrated choice: 6 keeps every bundled trained model within the `2^-30`
+/// truncation-failure target for mean activations up to about 12 (see the crate docs).
+pub const RECOMMENDED_FRAC_BITS: u32 = 6;
+
 /// Why a value cannot be encoded or decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FixedPointError {

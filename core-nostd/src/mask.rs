@@ -156,8 +156,8 @@ pub fn mask_at(seed: &Seed, purpose: Purpose, layer: u32, index: u64) -> Fp {
 mod tests {
     use super::*;
     use crate::field::P;
-    use rand_chacha::rand_core::RngCore;
     use proptest::prelude::*;
+    use rand_chacha::rand_core::RngCore;
 
     const SEED: Seed = [7u8; 32];
 

@@ -70,6 +70,10 @@ pub fn truncate_server_slice(xs: &mut [Fp], bits: u32) {
     }
 }
 
+/// The project's target for the probability that any truncation of one inference fails
+/// (DESIGN §3): `2^-30`.
+pub const INFERENCE_FAILURE_TARGET: f64 = 1.0 / (1u64 << 30) as f64;
+
 /// Probability that the local truncation of one element with `|X| <= value_bound` (the signed
 /// value *at the truncation point*, i.e. at the doubled scale) is not within one ulp of the
 /// reference: at most `value_bound / p` (exactly `|X| / p` for the value `X`), taken over the

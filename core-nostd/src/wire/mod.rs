@@ -34,8 +34,8 @@ pub use frame::{
     MAX_PAYLOAD_SIZE,
 };
 pub use message::{
-    blob_chunks, field_chunks, BlobChunk, ErrorCode, FieldChunk, FieldElems, HeRound, Message,
-    RefuseReason, TicketId,
+    blob_chunks, field_chunks, BlobChunk, ErrorCode, FieldChunk, FieldElems, HeRound, Message, RefuseReason,
+    TicketId,
 };
 
 use crate::arch::ArchError;

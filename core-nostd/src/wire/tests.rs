@@ -20,7 +20,8 @@ fn arch() -> Architecture {
         pad_w: 1,
     };
     maps.push(AffineSpec { kind: conv, truncate_bits: 6 }).unwrap();
-    maps.push(AffineSpec { kind: LinearKind::Dense { inputs: 845, outputs: 100 }, truncate_bits: 6 }).unwrap();
+    maps.push(AffineSpec { kind: LinearKind::Dense { inputs: 845, outputs: 100 }, truncate_bits: 6 })
+        .unwrap();
     maps.push(AffineSpec { kind: LinearKind::Dense { inputs: 100, outputs: 10 }, truncate_bits: 6 }).unwrap();
     Architecture {
         model_id: heapless::String::try_from("cryptonets-sq").unwrap(),
@@ -124,7 +125,8 @@ fn every_message_round_trips_through_frames() {
 #[test]
 fn field_elements_are_fixed_8_byte_le() {
     let vals = [Fp::from_u64_reduced(0x0102_0304_0506_0708), Fp::from_i64(-1)];
-    let msg = Message::MaskedInput(FieldChunk { layer: 1, offset: 3, values: FieldElems::from_values(&vals) });
+    let msg =
+        Message::MaskedInput(FieldChunk { layer: 1, offset: 3, values: FieldElems::from_values(&vals) });
     let frame = encode(&msg);
     // header(4) tag(1) layer(1) offset(1) byte length 16 (1) then the words.
     assert_eq!(frame.len(), 4 + 4 + 16);
@@ -239,12 +241,19 @@ fn oversized_frames_are_refused_before_buffering() {
         Err(WireError::BadString { .. })
     ));
     let blob = [0u8; MAX_CHUNK_BYTES + 1];
-    let msg = Message::HeChunk(BlobChunk { round: HeRound::LinearResults, blob: 0, offset: 0, total_len: 2000, bytes: &blob });
+    let msg = Message::HeChunk(BlobChunk {
+        round: HeRound::LinearResults,
+        blob: 0,
+        offset: 0,
+        total_len: 2000,
+        bytes: &blob,
+    });
     assert!(matches!(encode_frame(&msg, &mut buf), Err(WireError::BadChunk(ChunkError::TooLong { .. }))));
     // A small buffer is a typed error too.
     let mut tiny = [0u8; 10];
     let vals = values(10, 0);
-    let msg = Message::OutputShare(FieldChunk { layer: 0, offset: 0, values: FieldElems::from_values(&vals) });
+    let msg =
+        Message::OutputShare(FieldChunk { layer: 0, offset: 0, values: FieldElems::from_values(&vals) });
     assert_eq!(encode_frame(&msg, &mut tiny).err(), Some(WireError::BufferTooSmall { capacity: 10 }));
 }
 
@@ -276,7 +285,10 @@ fn garbage_is_malformed() {
     // Empty model id, invalid architecture.
     let payload = encode(&Message::TicketRequest { model_id: "a" })[4..].to_vec();
     let empty = [payload[0], 0];
-    assert_eq!(decode_frame(&raw_frame(&empty)).err(), Some(WireError::BadString { len: 0, max: MAX_MODEL_ID_LEN }));
+    assert_eq!(
+        decode_frame(&raw_frame(&empty)).err(),
+        Some(WireError::BadString { len: 0, max: MAX_MODEL_ID_LEN })
+    );
     let mut bad = arch();
     bad.frac_bits = 0;
     let mut buf = [0u8; MAX_FRAME_SIZE];
@@ -314,7 +326,13 @@ fn non_canonical_and_misaligned_elements_are_refused() {
         Some(WireError::BadChunk(ChunkError::Misaligned { len: 31 }))
     );
     // A blob chunk that runs past its declared total.
-    let msg = Message::HeChunk(BlobChunk { round: HeRound::LinearResults, blob: 0, offset: 10, total_len: 12, bytes: &[1, 2, 3] });
+    let msg = Message::HeChunk(BlobChunk {
+        round: HeRound::LinearResults,
+        blob: 0,
+        offset: 10,
+        total_len: 12,
+        bytes: &[1, 2, 3],
+    });
     let mut buf = [0u8; 64];
     assert_eq!(
         encode_frame(&msg, &mut buf).err(),
