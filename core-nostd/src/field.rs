@@ -65,13 +65,6 @@ const fn reduce_once(x: u64) -> u64 {
     d.wrapping_add(P & mask_from_bit(borrow as u64))
 }
 
-/// `a - b mod p` for canonical `a`, `b`, without a branch on the values.
-#[inline(always)]
-const fn sub_mod(a: u64, b: u64) -> u64 {
-    let (d, borrow) = a.overflowing_sub(b);
-    d.wrapping_add(P & mask_from_bit(borrow as u64))
-}
-
 impl Fp {
     /// The additive identity.
     pub const ZERO: Fp = Fp(0);
