@@ -38,6 +38,8 @@ pub enum FixedPointError {
     /// The scaled value does not fit in `(-p/2, p/2]` (or the source is NaN/infinite), or the
     /// decoded value does not fit in the requested fixed-point type.
     OutOfRange,
+    /// Input and output slices of different lengths.
+    LengthMismatch { input: usize, output: usize },
 }
 
 impl core::fmt::Display for FixedPointError {
@@ -47,6 +49,9 @@ impl core::fmt::Display for FixedPointError {
                 write!(f, "{b} fraction bits is above the maximum of {MAX_FRAC_BITS}")
             }
             FixedPointError::OutOfRange => write!(f, "value out of the representable fixed-point range"),
+            FixedPointError::LengthMismatch { input, output } => {
+                write!(f, "{input} inputs for {output} outputs")
+            }
         }
     }
 }
@@ -138,14 +143,15 @@ pub fn encode_int(v: i64, frac_bits: u32) -> Result<Fp, FixedPointError> {
 }
 
 /// Encode a slice element by element into `out` (same length). On error `out` is partially
-/// written and the index of the offending element is returned with the error.
+/// written and the index of the offending element is returned with the error (index 0 for a
+/// length mismatch).
 pub fn encode_into<T: ToFixed + Copy>(
     xs: &[T],
     frac_bits: u32,
     out: &mut [Fp],
 ) -> Result<(), (usize, FixedPointError)> {
     if xs.len() != out.len() {
-        return Err((xs.len().min(out.len()), FixedPointError::OutOfRange));
+        return Err((0, FixedPointError::LengthMismatch { input: xs.len(), output: out.len() }));
     }
     for (i, (x, o)) in xs.iter().zip(out.iter_mut()).enumerate() {
         *o = encode(*x, frac_bits).map_err(|e| (i, e))?;
@@ -192,6 +198,12 @@ mod tests {
         assert_eq!(decode::<I8F8>(Fp::from_i64(1 << 40), 8), Err(FixedPointError::OutOfRange));
         let mut out = [Fp::ZERO; 3];
         assert_eq!(encode_into(&[0.0f64, f64::NAN, 1.0], 8, &mut out), Err((1, FixedPointError::OutOfRange)));
+        assert_eq!(
+            encode_into(&[0.0f64], 8, &mut out),
+            Err((0, FixedPointError::LengthMismatch { input: 1, output: 3 }))
+        );
+        encode_into(&[0.5f64, -0.25, 3.0], 4, &mut out).unwrap();
+        assert_eq!(out, [Fp::from_i64(8), Fp::from_i64(-4), Fp::from_i64(48)]);
     }
 
     proptest! {

@@ -125,7 +125,7 @@ impl MaskStream {
     /// The next element (never ends: ChaCha's 64-bit block counter covers 2^62 elements).
     #[inline]
     pub fn next_fp(&mut self) -> Fp {
-        self.index += 1;
+        self.index = self.index.wrapping_add(1);
         uniform_fp(&mut self.rng)
     }
 

@@ -20,7 +20,7 @@
 //! contents); a blob is sent as consecutive [`BlobChunk`]s and a round ends with
 //! [`Message::HeRoundEnd`] giving the number of blobs, so the receiver knows it has them all.
 
-use serde::de::{Deserializer, Error as _, Visitor};
+use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{
@@ -271,12 +271,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for FieldElems<'a> {
                 Err(E::custom("field elements must be borrowed from the input"))
             }
         }
+        // Length, alignment and canonicity are checked by `Message::validate`, with typed
+        // errors (a frame payload is at most MAX_PAYLOAD_SIZE bytes anyway).
         let bytes = deserializer.deserialize_bytes(BytesVisitor)?;
-        // Length and canonicity are checked by `Message::validate` with typed errors; only a
-        // gross size violation is stopped here already.
-        if bytes.len() > MAX_CHUNK_BYTES {
-            return Err(D::Error::custom("field chunk too long"));
-        }
         Ok(FieldElems(Repr::Encoded(bytes)))
     }
 }
