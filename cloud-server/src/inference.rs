@@ -312,8 +312,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut stream = MaskStream::new(&header.seed, i as u32, 0);
-                (0..s.kind.input_len()).map(|_| stream.next_element()).collect()
+                let mut stream = MaskStream::for_map_input(&header.seed, i as u32);
+                (0..s.kind.input_len()).map(|_| stream.next_fp()).collect()
             })
             .collect();
         let s: Vec<Vec<Fp>> = arch.maps.iter().map(|s| uniform(rng, s.kind.output_len())).collect();

@@ -257,6 +257,13 @@ impl Architecture {
         self.maps.iter().take(n.saturating_sub(1)).map(|m| m.kind.output_len()).sum()
     }
 
+    /// Number of locally truncated elements per inference: every map output (by
+    /// `truncate_bits`) and every square output (by `frac_bits`). This is the `count` that
+    /// [`crate::truncation::inference_failure_bound`] needs (one pair per map and per square).
+    pub fn truncations(&self) -> usize {
+        self.maps.iter().map(|m| m.kind.output_len()).sum::<usize>() + self.activations()
+    }
+
     /// A 32-byte identity of the public architecture: SHA-256 over a domain tag and the postcard
     /// encoding of the descriptor. Equal hashes mean the parties agree on every public parameter.
     pub fn hash(&self) -> [u8; 32] {
@@ -320,6 +327,40 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         b.frac_bits = 9;
         assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn minionn_sq_truncation_count() {
+        // minionn-sq after merging: conv 5x5 x16; avgpool+conv 5x5 x16 = conv 10x10 stride 2;
+        // avgpool+FC 256-100 = dense 1024-100; FC 100-10.
+        let conv = |input, out_channels, k, s| LinearKind::Conv2d {
+            input,
+            out_channels,
+            kernel_h: k,
+            kernel_w: k,
+            stride_h: s,
+            stride_w: s,
+            pad_h: 0,
+            pad_w: 0,
+        };
+        let mut maps = heapless::Vec::new();
+        for kind in [
+            conv(Shape::new(1, 28, 28), 16, 5, 1),
+            conv(Shape::new(16, 24, 24), 16, 10, 2),
+            LinearKind::Dense { inputs: 1024, outputs: 100 },
+            LinearKind::Dense { inputs: 100, outputs: 10 },
+        ] {
+            maps.push(AffineSpec { kind, truncate_bits: 6 }).unwrap();
+        }
+        let a = Architecture {
+            model_id: heapless::String::try_from("minionn-sq").unwrap(),
+            input: Shape::new(1, 28, 28),
+            maps,
+            frac_bits: 6,
+        };
+        a.validate().unwrap();
+        assert_eq!(a.activations(), 9216 + 1024 + 100);
+        assert_eq!(a.truncations(), 20_690);
     }
 
     #[test]

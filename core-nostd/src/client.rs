@@ -109,8 +109,11 @@ impl<'a, B: TicketBody> OnlineClient<'a, B> {
         Err(e)
     }
 
+    /// The mask stream `r_layer`, positioned at element `offset`.
     fn masks(&self, layer: usize, offset: usize) -> MaskStream {
-        MaskStream::new(&self.header.seed, layer as u32, offset as u64)
+        let mut stream = MaskStream::for_map_input(&self.header.seed, layer as u32);
+        stream.seek(offset as u64);
+        stream
     }
 
     /// Mask the next chunk of the input: writes `x - r_0` for `x` (elements `offset..offset+len`
@@ -129,7 +132,7 @@ impl<'a, B: TicketBody> OnlineClient<'a, B> {
         };
         let mut r = self.masks(0, offset);
         for (o, &xi) in out.iter_mut().zip(x) {
-            *o = xi - r.next_element();
+            *o = xi - r.next_fp();
         }
         let end = offset + x.len();
         self.state = if end < len {
@@ -176,7 +179,7 @@ impl<'a, B: TicketBody> OnlineClient<'a, B> {
                 return self.fail(e.into());
             }
             let [yc, e] = pair;
-            *o = client_square_share(yc, dj, e, f) - r.next_element();
+            *o = client_square_share(yc, dj, e, f) - r.next_fp();
         }
         let end = offset + d.len();
         self.state = if end < len {

@@ -304,6 +304,66 @@ mod tests {
         }
     }
 
+    mod laws {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn fp() -> impl Strategy<Value = Fp> {
+            prop_oneof![
+                any::<u64>().prop_map(Fp::from_u64_reduced),
+                // Edge values near 0, p/2 and p.
+                (0u64..64).prop_map(Fp::from_u64_reduced),
+                (0u64..64).prop_map(|k| Fp::from_u64_reduced(P - 1 - k)),
+                (0u64..64).prop_map(|k| Fp::from_u64_reduced(HALF - 32 + k)),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn ring_laws(a in fp(), b in fp(), c in fp()) {
+                prop_assert_eq!(a + b, b + a);
+                prop_assert_eq!(a * b, b * a);
+                prop_assert_eq!((a + b) + c, a + (b + c));
+                prop_assert_eq!((a * b) * c, a * (b * c));
+                prop_assert_eq!(a * (b + c), a * b + a * c);
+                prop_assert_eq!(a + Fp::ZERO, a);
+                prop_assert_eq!(a * Fp::ONE, a);
+                prop_assert_eq!(a + (-a), Fp::ZERO);
+                prop_assert_eq!(a - b, a + (-b));
+                prop_assert_eq!(-(-a), a);
+            }
+
+            #[test]
+            fn matches_u128_arithmetic(a in fp(), b in fp()) {
+                let p = P as u128;
+                prop_assert_eq!((a * b).value() as u128, a.value() as u128 * b.value() as u128 % p);
+                prop_assert_eq!((a + b).value() as u128, (a.value() as u128 + b.value() as u128) % p);
+                prop_assert_eq!((a - b).value() as u128, (a.value() as u128 + p - b.value() as u128) % p);
+            }
+
+            #[test]
+            fn inverse(a in fp()) {
+                match a.inverse() {
+                    None => prop_assert_eq!(a, Fp::ZERO),
+                    Some(inv) => prop_assert_eq!(a * inv, Fp::ONE),
+                }
+            }
+
+            #[test]
+            fn reductions_and_serde(v in any::<u128>(), w in any::<u64>(), s in any::<i64>()) {
+                prop_assert_eq!(Fp::from_u128_reduced(v).value() as u128, v % P as u128);
+                prop_assert_eq!(Fp::from_u64_reduced(w).value(), w % P);
+                prop_assert_eq!(Fp::from_i64(s).value() as i128, (s as i128).rem_euclid(P as i128));
+                let x = Fp::from_u64_reduced(w);
+                let mut buf = [0u8; 16];
+                let bytes = postcard::to_slice(&x, &mut buf).unwrap();
+                prop_assert_eq!(postcard::from_bytes::<Fp>(bytes).unwrap(), x);
+                let bytes = postcard::to_slice(&w, &mut buf).unwrap();
+                prop_assert_eq!(postcard::from_bytes::<Fp>(bytes).is_ok(), w < P);
+            }
+        }
+    }
+
     #[test]
     fn signed_round_trip_and_inverse() {
         for v in [0i64, 1, -1, 42, -42, (HALF as i64), -(HALF as i64)] {

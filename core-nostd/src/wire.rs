@@ -1,1 +1,0 @@
-//! TODO: filled in by its owner (see the module list in lib.rs).
