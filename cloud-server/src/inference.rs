@@ -10,14 +10,22 @@
 //! the expected length, and any violation moves the machine to `Failed` with a typed error: a
 //! failed inference never continues, and its ticket is already gone (single use).
 
+use std::sync::Arc;
+
 use core_nostd::arch::Architecture;
 use core_nostd::online::{server_square_share, square_mask};
 use core_nostd::truncation::truncate_server_share;
 use core_nostd::Fp;
 
 /// Computes `W_i x` (no bias) for map `i`: the server's heavy linear algebra.
-pub trait LinearLayers: Sync {
+pub trait LinearLayers: Send + Sync {
     fn apply(&self, map: usize, x: &[Fp]) -> Vec<Fp>;
+}
+
+impl<T: LinearLayers + ?Sized> LinearLayers for Box<T> {
+    fn apply(&self, map: usize, x: &[Fp]) -> Vec<Fp> {
+        (**self).apply(map, x)
+    }
 }
 
 /// The server's secret per-ticket material for one inference.
@@ -110,15 +118,15 @@ enum State {
 
 /// One inference on the server.
 #[derive(Debug)]
-pub struct OnlineServer<'m, L> {
-    model: &'m OnlineModel<L>,
+pub struct OnlineServer<L> {
+    model: Arc<OnlineModel<L>>,
     material: ServerMaterial,
     state: State,
 }
 
-impl<'m, L: LinearLayers> OnlineServer<'m, L> {
+impl<L: LinearLayers> OnlineServer<L> {
     /// Start an inference with a redeemed ticket's material.
-    pub fn new(model: &'m OnlineModel<L>, material: ServerMaterial) -> Result<Self, OnlineError> {
+    pub fn new(model: Arc<OnlineModel<L>>, material: ServerMaterial) -> Result<Self, OnlineError> {
         if !material.fits(&model.arch) {
             return Err(OnlineError::MaterialMismatch);
         }
@@ -349,8 +357,8 @@ mod tests {
             let arch = m.arch.clone();
             let (ticket, material) = deal(&m, &mut rng);
             let biases = m.maps.iter().map(|w| w.bias.iter().map(|&b| Fp::from_i64(b)).collect()).collect();
-            let model = OnlineModel { arch: arch.clone(), layers: Direct(m.clone()), biases };
-            let mut server = OnlineServer::new(&model, material).unwrap();
+            let model = Arc::new(OnlineModel { arch: arch.clone(), layers: Direct(m.clone()), biases });
+            let mut server = OnlineServer::new(model, material).unwrap();
             let header = TicketHeader::from_bytes(&ticket).unwrap();
             let mut client =
                 OnlineClient::new(&arch, header, SliceBody::of_ticket(&ticket).unwrap()).unwrap();
@@ -401,8 +409,8 @@ mod tests {
             u: m.arch.maps[..2].iter().map(|s| vec![Fp::ZERO; s.kind.output_len()]).collect(),
             v: m.arch.maps[..2].iter().map(|s| vec![Fp::ZERO; s.kind.output_len()]).collect(),
         };
-        let model = OnlineModel { arch: m.arch.clone(), layers: Direct(m.clone()), biases };
-        let mut server = OnlineServer::new(&model, material.clone()).unwrap();
+        let model = Arc::new(OnlineModel { arch: m.arch.clone(), layers: Direct(m.clone()), biases });
+        let mut server = OnlineServer::new(model.clone(), material.clone()).unwrap();
         assert_eq!(
             server.on_chunk(1, 0, &[Fp::ZERO]),
             Err(OnlineError::UnexpectedChunk { expected_layer: 0, found_layer: 1 })
@@ -412,16 +420,16 @@ mod tests {
             Err(OnlineError::Finished),
             "a failed inference stays failed"
         );
-        let mut server = OnlineServer::new(&model, material.clone()).unwrap();
+        let mut server = OnlineServer::new(model.clone(), material.clone()).unwrap();
         assert_eq!(
             server.on_chunk(0, 5, &[Fp::ZERO]),
             Err(OnlineError::OutOfOrder { expected: 0, found: 5 })
         );
-        let mut server = OnlineServer::new(&model, material.clone()).unwrap();
+        let mut server = OnlineServer::new(model.clone(), material.clone()).unwrap();
         let too_long = vec![Fp::ZERO; m.arch.input_len() + 1];
         assert!(matches!(server.on_chunk(0, 0, &too_long), Err(OnlineError::TooLong { .. })));
         let mut short = material;
         short.s[0].pop();
-        assert_eq!(OnlineServer::new(&model, short).err(), Some(OnlineError::MaterialMismatch));
+        assert_eq!(OnlineServer::new(model, short).err(), Some(OnlineError::MaterialMismatch));
     }
 }

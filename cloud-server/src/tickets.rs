@@ -44,8 +44,10 @@ impl Default for TicketLimits {
 /// Why a ticket could not be stored or redeemed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TicketError {
-    /// No live ticket has this id: never issued, already used, or expired and swept.
+    /// No live ticket has this id: never issued, or expired and swept.
     Unknown,
+    /// The ticket was already redeemed (tickets are single-use).
+    AlreadyUsed,
     /// The ticket exists but is past its TTL (it is removed).
     Expired,
     /// The ticket was issued for another model.
@@ -59,7 +61,8 @@ pub enum TicketError {
 impl std::fmt::Display for TicketError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            TicketError::Unknown => "unknown ticket (never issued, already used, or expired)",
+            TicketError::Unknown => "unknown ticket (never issued, or expired)",
+            TicketError::AlreadyUsed => "ticket already used (tickets are single-use)",
             TicketError::Expired => "ticket expired",
             TicketError::WrongModel => "ticket belongs to another model",
             TicketError::StoreFull => "ticket store is full",
@@ -78,6 +81,9 @@ struct Entry<T> {
 
 struct Inner<T> {
     entries: HashMap<TicketId, Entry<T>>,
+    /// Ids redeemed within the last TTL, kept (16 bytes + an instant each, bounded by the ticket
+    /// count bound) so a replay gets the precise error "already used" rather than "unknown".
+    spent: HashMap<TicketId, Instant>,
     bytes: usize,
 }
 
@@ -100,7 +106,10 @@ impl<T: TicketPayload> std::fmt::Debug for TicketStore<T> {
 
 impl<T: TicketPayload> TicketStore<T> {
     pub fn new(limits: TicketLimits) -> Self {
-        TicketStore { limits, inner: Mutex::new(Inner { entries: HashMap::new(), bytes: 0 }) }
+        TicketStore {
+            limits,
+            inner: Mutex::new(Inner { entries: HashMap::new(), spent: HashMap::new(), bytes: 0 }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
@@ -120,7 +129,7 @@ impl<T: TicketPayload> TicketStore<T> {
         let size = payload.size_bytes();
         let mut inner = self.lock();
         Self::sweep_locked(&mut inner, self.limits.ttl, now);
-        if inner.entries.contains_key(&id) {
+        if inner.entries.contains_key(&id) || inner.spent.contains_key(&id) {
             return Err(TicketError::DuplicateId);
         }
         if inner.entries.len() >= self.limits.max_tickets
@@ -143,8 +152,20 @@ impl<T: TicketPayload> TicketStore<T> {
     /// the wrong model cannot be used to keep a ticket alive or test for it repeatedly).
     pub fn redeem_at(&self, id: &TicketId, model: &[u8; 32], now: Instant) -> Result<T, TicketError> {
         let mut inner = self.lock();
-        let entry = inner.entries.remove(id).ok_or(TicketError::Unknown)?;
+        let Some(entry) = inner.entries.remove(id) else {
+            return Err(if inner.spent.contains_key(id) {
+                TicketError::AlreadyUsed
+            } else {
+                TicketError::Unknown
+            });
+        };
         inner.bytes -= entry.payload.size_bytes();
+        if inner.spent.len() >= self.limits.max_tickets {
+            Self::sweep_locked(&mut inner, self.limits.ttl, now);
+        }
+        if inner.spent.len() < self.limits.max_tickets {
+            inner.spent.insert(*id, entry.issued);
+        }
         drop(inner);
         if now.saturating_duration_since(entry.issued) > self.limits.ttl {
             return Err(TicketError::Expired);
@@ -177,6 +198,7 @@ impl<T: TicketPayload> TicketStore<T> {
             keep
         });
         inner.bytes -= freed;
+        inner.spent.retain(|_, issued| now.saturating_duration_since(*issued) <= ttl);
         before - inner.entries.len()
     }
 
@@ -210,7 +232,8 @@ mod tests {
         let s = store(1000);
         s.insert([7; 16], M, Blob(10)).unwrap();
         assert_eq!(s.redeem(&[7; 16], &M), Ok(Blob(10)));
-        assert_eq!(s.redeem(&[7; 16], &M), Err(TicketError::Unknown));
+        assert_eq!(s.redeem(&[7; 16], &M), Err(TicketError::AlreadyUsed));
+        assert_eq!(s.redeem(&[8; 16], &M), Err(TicketError::Unknown));
         assert_eq!(s.usage(), (0, 0));
     }
 
@@ -219,7 +242,7 @@ mod tests {
         let s = store(1000);
         s.insert([7; 16], M, Blob(10)).unwrap();
         assert_eq!(s.redeem(&[7; 16], &[2; 32]), Err(TicketError::WrongModel));
-        assert_eq!(s.redeem(&[7; 16], &M), Err(TicketError::Unknown));
+        assert_eq!(s.redeem(&[7; 16], &M), Err(TicketError::AlreadyUsed));
     }
 
     #[test]

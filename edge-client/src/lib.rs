@@ -1,2 +1,4 @@
 //! `edge-client`: the client of the private-inference protocol on a host (std).
+pub mod online;
 pub mod tickets;
+pub mod transport;

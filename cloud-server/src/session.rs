@@ -1,0 +1,287 @@
+//! One client connection on the server, as a sans-I/O state machine.
+//!
+//! The daemon feeds decoded [`Message`]s in and writes the frames this machine appends to an
+//! output buffer; it never touches a socket itself, so the whole protocol logic is testable (and
+//! fuzzable) without a network.
+//!
+//! ```text
+//! AwaitHello --ClientHello ok--> Ready{model}      (ServerHello{arch})
+//!            --anything else---> Closed            (Refused / Error)
+//! Ready --TicketRequest--> Preprocessing ... --> Ready   (TicketGranted, HE rounds)
+//! Ready --OnlineBegin{ticket}--> Online{machine} --last chunk--> Ready  (OutputShare sent)
+//! any protocol violation --> Closed, after one Error{code, detail} frame
+//! ```
+//!
+//! A ticket is redeemed (and so destroyed) the moment `OnlineBegin` names it, before any input
+//! arrives: an inference that fails halfway leaves no reusable ticket behind.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use core_nostd::arch::Architecture;
+use core_nostd::wire::{
+    encode_frame, field_chunks, ErrorCode, FieldChunk, Message, RefuseReason, WireError, MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+};
+use core_nostd::Fp;
+
+use crate::config::Limits;
+use crate::inference::{LinearLayers, OnlineError, OnlineModel, OnlineServer, ServerMaterial, ServerReply};
+use crate::tickets::{TicketError, TicketPayload, TicketStore};
+
+/// The linear layers as the daemon holds them (any engine).
+pub type ModelLayers = Box<dyn LinearLayers>;
+
+impl TicketPayload for ServerMaterial {
+    fn size_bytes(&self) -> usize {
+        let n: usize = self.s.iter().chain(&self.u).chain(&self.v).map(Vec::len).sum();
+        n * std::mem::size_of::<Fp>() + 3 * 24 * (self.s.len() + 1)
+    }
+}
+
+/// A model as the daemon serves it.
+pub struct ServedModel {
+    pub arch: Architecture,
+    pub hash: [u8; 32],
+    pub online: Arc<OnlineModel<ModelLayers>>,
+}
+
+impl std::fmt::Debug for ServedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedModel").field("model_id", &self.arch.model_id).finish_non_exhaustive()
+    }
+}
+
+/// Everything the sessions of one daemon share.
+#[derive(Debug)]
+pub struct ServerState {
+    pub models: HashMap<String, Arc<ServedModel>>,
+    pub tickets: TicketStore<ServerMaterial>,
+    pub limits: Limits,
+}
+
+impl ServerState {
+    pub fn new(models: Vec<ServedModel>, limits: Limits) -> ServerState {
+        let models = models.into_iter().map(|m| (m.arch.model_id.as_str().to_owned(), Arc::new(m))).collect();
+        ServerState { models, tickets: TicketStore::new(limits.tickets()), limits }
+    }
+}
+
+/// A protocol violation: the session sends `Error{code, detail}` and closes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionError {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl SessionError {
+    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        SessionError { code, detail: detail.into() }
+    }
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.detail)
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+impl From<OnlineError> for SessionError {
+    fn from(e: OnlineError) -> Self {
+        let code = match e {
+            OnlineError::MaterialMismatch => ErrorCode::Internal,
+            OnlineError::Finished => ErrorCode::UnexpectedMessage,
+            _ => ErrorCode::BadChunk,
+        };
+        SessionError::new(code, e.to_string())
+    }
+}
+
+impl From<TicketError> for SessionError {
+    fn from(e: TicketError) -> Self {
+        let code = match e {
+            TicketError::AlreadyUsed => ErrorCode::TicketReused,
+            TicketError::WrongModel => ErrorCode::ArchitectureMismatch,
+            TicketError::StoreFull => ErrorCode::ResourceExhausted,
+            _ => ErrorCode::UnknownTicket,
+        };
+        SessionError::new(code, e.to_string())
+    }
+}
+
+/// What the daemon does after a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Flush the output, then close the connection.
+    Close,
+}
+
+enum Phase {
+    AwaitHello,
+    Ready { model: Arc<ServedModel> },
+    Online { model: Arc<ServedModel>, machine: OnlineServer<ModelLayers> },
+    Closed,
+}
+
+/// The server side of one connection.
+pub struct ServerSession {
+    state: Arc<ServerState>,
+    phase: Phase,
+    inferences: u64,
+}
+
+impl std::fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = match self.phase {
+            Phase::AwaitHello => "AwaitHello",
+            Phase::Ready { .. } => "Ready",
+            Phase::Online { .. } => "Online",
+            Phase::Closed => "Closed",
+        };
+        f.debug_struct("ServerSession").field("phase", &phase).field("inferences", &self.inferences).finish()
+    }
+}
+
+/// Append one encoded frame to `out`.
+pub fn push_frame(out: &mut Vec<u8>, msg: &Message<'_>) -> Result<(), WireError> {
+    let mut buf = [0u8; MAX_FRAME_SIZE];
+    let frame = encode_frame(msg, &mut buf)?;
+    out.extend_from_slice(frame);
+    Ok(())
+}
+
+/// Which server-to-client vector a run of chunks carries.
+#[derive(Clone, Copy)]
+enum Outgoing {
+    ActivationDelta,
+    OutputShare,
+}
+
+fn push_vector(out: &mut Vec<u8>, layer: usize, values: &[Fp], kind: Outgoing) {
+    for chunk in field_chunks(layer as u16, values) {
+        let msg = match kind {
+            Outgoing::ActivationDelta => Message::ActivationDelta(chunk),
+            Outgoing::OutputShare => Message::OutputShare(chunk),
+        };
+        // Chunks from `field_chunks` always fit a frame.
+        if let Err(e) = push_frame(out, &msg) {
+            unreachable!("a field chunk always encodes: {e}");
+        }
+    }
+}
+
+impl ServerSession {
+    pub fn new(state: Arc<ServerState>) -> ServerSession {
+        ServerSession { state, phase: Phase::AwaitHello, inferences: 0 }
+    }
+
+    /// Completed inferences on this connection.
+    pub fn inferences(&self) -> u64 {
+        self.inferences
+    }
+
+    /// Handle one message, appending the frames to send to `out`.
+    pub fn handle(&mut self, msg: &Message<'_>, out: &mut Vec<u8>) -> Flow {
+        match self.dispatch(msg, out) {
+            Ok(flow) => flow,
+            Err(e) => {
+                self.fail(&e, out);
+                Flow::Close
+            }
+        }
+    }
+
+    /// Report a transport-level failure (undecodable frame, timeout) to the peer and close.
+    pub fn fail(&mut self, e: &SessionError, out: &mut Vec<u8>) {
+        tracing::debug!(code = ?e.code, detail = %e.detail, "closing session with an error");
+        self.phase = Phase::Closed;
+        let mut detail = e.detail.as_str();
+        while detail.len() > core_nostd::wire::MAX_DETAIL_LEN {
+            // Cut at a char boundary at or below the limit.
+            let mut end = core_nostd::wire::MAX_DETAIL_LEN;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail = &detail[..end];
+        }
+        let _ = push_frame(out, &Message::Error { code: e.code, detail });
+    }
+
+    fn dispatch(&mut self, msg: &Message<'_>, out: &mut Vec<u8>) -> Result<Flow, SessionError> {
+        let unexpected =
+            || SessionError::new(ErrorCode::UnexpectedMessage, "message not expected in this state");
+        match (&mut self.phase, msg) {
+            (Phase::AwaitHello, Message::ClientHello { version, model_id, arch_hash }) => {
+                let mut refuse = |reason| {
+                    let _ = push_frame(out, &Message::Refused { reason });
+                    Ok(Flow::Close)
+                };
+                if *version != PROTOCOL_VERSION {
+                    self.phase = Phase::Closed;
+                    return refuse(RefuseReason::UnsupportedVersion { supported: PROTOCOL_VERSION });
+                }
+                let Some(model) = self.state.models.get(*model_id).cloned() else {
+                    self.phase = Phase::Closed;
+                    return refuse(RefuseReason::UnknownModel);
+                };
+                if arch_hash.is_some_and(|h| h != model.hash) {
+                    self.phase = Phase::Closed;
+                    return refuse(RefuseReason::ArchitectureMismatch);
+                }
+                push_frame(
+                    out,
+                    &Message::ServerHello { version: PROTOCOL_VERSION, arch: model.arch.clone() },
+                )
+                .map_err(|e| SessionError::new(ErrorCode::Internal, e.to_string()))?;
+                self.phase = Phase::Ready { model };
+                Ok(Flow::Continue)
+            }
+            (Phase::Ready { model }, Message::OnlineBegin { ticket_id }) => {
+                let material = self.state.tickets.redeem(&ticket_id.0, &model.hash)?;
+                let machine = OnlineServer::new(model.online.clone(), material)?;
+                let model = model.clone();
+                self.phase = Phase::Online { model, machine };
+                Ok(Flow::Continue)
+            }
+            (Phase::Online { .. }, Message::MaskedInput(chunk) | Message::MaskedActivation(chunk)) => {
+                let is_input = matches!(msg, Message::MaskedInput(_));
+                if is_input != (chunk.layer == 0) {
+                    return Err(SessionError::new(
+                        ErrorCode::BadChunk,
+                        "layer does not match the message kind",
+                    ));
+                }
+                self.online_chunk(chunk, out)
+            }
+            (Phase::Closed, _) => Err(unexpected()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn online_chunk(&mut self, chunk: &FieldChunk<'_>, out: &mut Vec<u8>) -> Result<Flow, SessionError> {
+        let Phase::Online { machine, .. } = &mut self.phase else {
+            return Err(SessionError::new(ErrorCode::UnexpectedMessage, "no inference in progress"));
+        };
+        let values: Vec<Fp> = chunk.values.iter().collect();
+        let reply = machine.on_chunk(chunk.layer as usize, chunk.offset as usize, &values)?;
+        match reply {
+            None => {}
+            Some(ServerReply::SquareMasks { layer, values }) => {
+                push_vector(out, layer, &values, Outgoing::ActivationDelta);
+            }
+            Some(ServerReply::Output { values }) => {
+                let Phase::Online { model, .. } = std::mem::replace(&mut self.phase, Phase::Closed) else {
+                    unreachable!("phase checked above");
+                };
+                push_vector(out, model.arch.maps.len() - 1, &values, Outgoing::OutputShare);
+                self.inferences += 1;
+                self.phase = Phase::Ready { model };
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
