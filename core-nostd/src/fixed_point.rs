@@ -239,3 +239,28 @@ mod tests {
         }
     }
 }
+
+/// Encode an 8-bit pixel as the real `pixel / 255` with `frac_bits` fraction bits, rounding to
+/// nearest (ties up), in integer arithmetic only. Every party that encodes an image (the board,
+/// the host client, the plaintext reference) uses this one function, so they agree bit for bit.
+pub const fn encode_pixel(pixel: u8, frac_bits: u32) -> Fp {
+    // round(p * 2^f / 255) = floor((2 * p * 2^f + 255) / 510); p * 2^(f+1) < 2^41 for f <= 32.
+    let num = ((pixel as u64) << (frac_bits + 1)) + 255;
+    Fp::from_u64_reduced(num / 510)
+}
+
+#[cfg(test)]
+mod pixel_tests {
+    use super::*;
+
+    #[test]
+    fn pixels_encode_as_rounded_fractions() {
+        assert_eq!(encode_pixel(0, 8), Fp::ZERO);
+        assert_eq!(encode_pixel(255, 8), Fp::from_i64(256));
+        for p in 0..=255u8 {
+            let exact = p as f64 * 256.0 / 255.0;
+            let got = encode_pixel(p, 8).value() as f64;
+            assert!((got - exact).abs() <= 0.5, "{p}: {got} vs {exact}");
+        }
+    }
+}
