@@ -64,7 +64,7 @@ fn tensor_to_const(t: &pb::TensorProto) -> Result<Const, String> {
     let tensor = tract_onnx::tensor::load_tensor(&*resolver, t, None).map_err(|e| e.to_string())?;
     let dims = tensor.shape().to_vec();
     let cast = tensor.cast_to::<f64>().map_err(|e| e.to_string())?;
-    let data = cast.as_slice::<f64>().map_err(|e| e.to_string())?.to_vec();
+    let data = cast.to_plain_array_view::<f64>().map_err(|e| e.to_string())?.iter().copied().collect();
     Ok(Const { dims, data })
 }
 
