@@ -348,14 +348,14 @@ fn choose(maps: &[FloatMap], measured: &[f64]) -> Option<(i32, Vec<i32>, Vec<i32
                 .map(|i| {
                     let prev = if i > 0 { 2 * s[i - 1] } else { 0 };
                     let scaled = wmax[i].log2() - s[i] as f64 + prev as f64;
-                    w[i] - scaled.floor() as i32
+                    (w[i] - scaled.floor() as i32).clamp(0, 30)
                 })
                 .collect();
             (s, t)
         };
         let ok = |e: &[i32], w: &[i32]| {
             let (s, t) = derive(e, w);
-            t.iter().all(|&v| (0..=30).contains(&v)) && failure_log2(maps, &m, f, &t, &s) <= FAILURE_TARGET_LOG2
+            failure_log2(maps, &m, f, &t, &s) <= FAILURE_TARGET_LOG2
         };
         if !ok(&e, &w) {
             continue;
