@@ -101,7 +101,11 @@ pub fn load_for_cli(path: &Path, calib: Option<&Path>) -> Result<LoadedModel, Bo
         None if imported.input.len() == 784 && default.exists() => Some(default),
         None => None,
     };
-    let cal = model::calibration_inputs(imported.input, images, if images.is_some() { CALIBRATION_COUNT } else { 256 })?;
+    let cal = model::calibration_inputs(
+        imported.input,
+        images,
+        if images.is_some() { CALIBRATION_COUNT } else { 256 },
+    )?;
     Ok(model::load(path, &model_id(path), &cal)?)
 }
 
@@ -117,17 +121,25 @@ fn inspect(a: &ModelArgs) -> Res {
         }
         if let Some(q) = m.imported.activations.get(i) {
             let simple = q.a.iter().all(|&v| v == 1.0) && q.b.iter().chain(&q.c).all(|&v| v == 0.0);
-            println!("  {} ({} elements)", if simple { "square y^2" } else { "quadratic a*y^2+b*y+c" }, q.a.len());
+            println!(
+                "  {} ({} elements)",
+                if simple { "square y^2" } else { "quadratic a*y^2+b*y+c" },
+                q.a.len()
+            );
         }
     }
-    println!("\nafter merging: {} affine maps, frac_bits = {}", m.merged.arch.maps.len(), m.merged.arch.frac_bits);
+    println!(
+        "\nafter merging: {} affine maps, frac_bits = {}",
+        m.merged.arch.maps.len(),
+        m.merged.arch.frac_bits
+    );
     for (i, spec) in m.merged.arch.maps.iter().enumerate() {
         println!(
-            "  A{}: {:?}  truncate_bits = {}, rescale 2^-{}, measured max |y| = {:.3}",
+            "  A{}: {:?}  truncate_bits = {}, rescale 2^{}, measured max |y| = {:.3}",
             i + 1,
             spec.kind,
             spec.truncate_bits,
-            m.report.shifts[i],
+            -m.report.shifts[i],
             m.report.measured_max[i]
         );
         if i + 1 < m.merged.arch.maps.len() {
@@ -195,7 +207,10 @@ fn eval(a: &ModelArgs, data: &Path, limit: Option<usize>) -> Res {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().map_err(|_| "worker panicked".to_string())?).collect::<Result<Vec<_>, _>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| "worker panicked".to_string())?)
+            .collect::<Result<Vec<_>, _>>()
     })?;
     bar.finish_and_clear();
     let sum = totals.iter().fold([0; 3], |a, t| [a[0] + t[0], a[1] + t[1], a[2] + t[2]]);

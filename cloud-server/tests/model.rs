@@ -1,7 +1,9 @@
 //! Import, merging and reference tests on the small ONNX fixtures of
 //! `tools/gen_model_fixtures.py` (torch-exported; `<name>.expected.json` holds torch's outputs).
 
-use cloud_server::model::{self, graph::Imported, merge, onnx::ImportError, reference::argmax, FixedPointReference};
+use cloud_server::model::{
+    self, graph::Imported, merge, onnx::ImportError, reference::argmax, FixedPointReference,
+};
 use std::path::PathBuf;
 use tract_onnx::prelude::*;
 
@@ -16,7 +18,8 @@ fn expected(name: &str) -> Vec<(Vec<f64>, Vec<f64>)> {
         .unwrap()
         .iter()
         .map(|c| {
-            let f = |k: &str| c[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>();
+            let f =
+                |k: &str| c[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>();
             (f("input"), f("logits"))
         })
         .collect()
@@ -33,8 +36,11 @@ fn tract_eval(name: &str, imp: &Imported, x: &[f64]) -> Vec<f64> {
         .unwrap();
     let s = imp.input;
     let data: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-    let shape: Vec<usize> =
-        if s.height == 1 && s.width == 1 { vec![1, s.channels as usize] } else { vec![1, s.channels as usize, s.height as usize, s.width as usize] };
+    let shape: Vec<usize> = if s.height == 1 && s.width == 1 {
+        vec![1, s.channels as usize]
+    } else {
+        vec![1, s.channels as usize, s.height as usize, s.width as usize]
+    };
     let t = Tensor::from_shape(&shape, &data).unwrap();
     let out = model.run(tvec!(t.into())).unwrap();
     out[0].to_plain_array_view::<f32>().unwrap().iter().map(|&v| v as f64).collect()
@@ -97,8 +103,16 @@ fn merging_reduces_the_fixture_to_the_expected_maps() {
     let imp = model::onnx::import_path(&fixture("tiny-cnn.onnx")).unwrap();
     let float = merge::merge_float(&imp).unwrap();
     let kinds: Vec<_> = float.maps.iter().map(|m| m.kind).collect();
-    assert!(matches!(kinds[0], LinearKind::Conv2d { kernel_h: 4, stride_h: 2, pad_h: 1, .. }), "{:?}", kinds[0]);
-    assert!(matches!(kinds[1], LinearKind::Conv2d { kernel_h: 6, stride_h: 2, pad_h: 0, .. }), "{:?}", kinds[1]);
+    assert!(
+        matches!(kinds[0], LinearKind::Conv2d { kernel_h: 4, stride_h: 2, pad_h: 1, .. }),
+        "{:?}",
+        kinds[0]
+    );
+    assert!(
+        matches!(kinds[1], LinearKind::Conv2d { kernel_h: 6, stride_h: 2, pad_h: 0, .. }),
+        "{:?}",
+        kinds[1]
+    );
     assert!(matches!(kinds[2], LinearKind::Dense { inputs: 16, outputs: 6 }));
     assert!(matches!(kinds[3], LinearKind::Dense { inputs: 6, outputs: 4 }));
     // The learned quadratic really has linear and constant terms, so the rewrite is exercised.
@@ -124,7 +138,10 @@ fn fixed_point_oracle_tracks_the_float_model_within_the_failure_budget() {
             let fixed = FixedPointReference::decode(&loaded.merged, trace.maps.last().unwrap());
             // Quantisation error: a few percent of the logit range at these tiny bit widths.
             assert_close(&fixed, torch, 0.05, &format!("{name}: fixed vs float"));
-            assert_eq!(FixedPointReference::logits(&loaded.merged, &xf).unwrap(), *trace.maps.last().unwrap());
+            assert_eq!(
+                FixedPointReference::logits(&loaded.merged, &xf).unwrap(),
+                *trace.maps.last().unwrap()
+            );
             let _ = argmax(&fixed);
         }
     }

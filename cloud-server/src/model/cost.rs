@@ -67,7 +67,9 @@ pub fn before(imp: &Imported) -> Counts {
         for op in stage {
             let out = op.output_shape(shape);
             match op {
-                LinOp::Conv { .. } | LinOp::AvgPool { .. } | LinOp::Dense { .. } => c.map(shape.len(), out.len()),
+                LinOp::Conv { .. } | LinOp::AvgPool { .. } | LinOp::Dense { .. } => {
+                    c.map(shape.len(), out.len())
+                }
                 LinOp::ChannelAffine { scale, .. } | LinOp::Elementwise { scale, .. } => {
                     c.elementwise(out.len(), scale.iter().any(|&s| s != 1.0))
                 }

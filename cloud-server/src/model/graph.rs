@@ -61,10 +61,26 @@ impl LinOp {
         match self {
             LinOp::Conv { out_channels, kernel, stride, pad, .. } => format!(
                 "conv {}x{} s{}x{} p{}x{} -> {} ch  ({} -> {})",
-                kernel.0, kernel.1, stride.0, stride.1, pad.0, pad.1, out_channels, s(input), s(out)
+                kernel.0,
+                kernel.1,
+                stride.0,
+                stride.1,
+                pad.0,
+                pad.1,
+                out_channels,
+                s(input),
+                s(out)
             ),
             LinOp::AvgPool { kernel, stride } => {
-                format!("avgpool {}x{} s{}x{}  ({} -> {})", kernel.0, kernel.1, stride.0, stride.1, s(input), s(out))
+                format!(
+                    "avgpool {}x{} s{}x{}  ({} -> {})",
+                    kernel.0,
+                    kernel.1,
+                    stride.0,
+                    stride.1,
+                    s(input),
+                    s(out)
+                )
             }
             LinOp::Dense { inputs, outputs, .. } => format!("dense {inputs} -> {outputs}"),
             LinOp::ChannelAffine { .. } => format!("per-channel scale/shift  ({})", s(input)),
@@ -148,7 +164,10 @@ impl LinOp {
                 y
             }
             LinOp::Dense { inputs, outputs, weights, bias } => (0..*outputs)
-                .map(|o| bias[o] + weights[o * inputs..(o + 1) * inputs].iter().zip(x).map(|(a, b)| a * b).sum::<f64>())
+                .map(|o| {
+                    bias[o]
+                        + weights[o * inputs..(o + 1) * inputs].iter().zip(x).map(|(a, b)| a * b).sum::<f64>()
+                })
                 .collect(),
             LinOp::ChannelAffine { scale, shift } => {
                 let per = h * w;

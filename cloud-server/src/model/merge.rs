@@ -68,7 +68,9 @@ pub struct FloatModel {
 pub fn float_linear(kind: &LinearKind, w: &[f64], x: &[f64]) -> Vec<f64> {
     match *kind {
         LinearKind::Dense { inputs, outputs } => (0..outputs as usize)
-            .map(|o| w[o * inputs as usize..(o + 1) * inputs as usize].iter().zip(x).map(|(a, b)| a * b).sum())
+            .map(|o| {
+                w[o * inputs as usize..(o + 1) * inputs as usize].iter().zip(x).map(|(a, b)| a * b).sum()
+            })
             .collect(),
         LinearKind::Conv2d { input, out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w } => {
             let op = LinOp::Conv {
@@ -342,8 +344,9 @@ fn choose(maps: &[FloatMap], measured: &[f64]) -> Option<(i32, Vec<i32>, Vec<i32
         let mut e = vec![2i32; l];
         let mut w = vec![2i32; l];
         let derive = |e: &[i32], w: &[i32]| -> (Vec<i32>, Vec<i32>) {
-            let s: Vec<i32> =
-                (0..l).map(|i| if i + 1 < l { (m[i].log2() + f as f64 - e[i] as f64).ceil() as i32 } else { 0 }).collect();
+            let s: Vec<i32> = (0..l)
+                .map(|i| if i + 1 < l { (m[i].log2() + f as f64 - e[i] as f64).ceil() as i32 } else { 0 })
+                .collect();
             let t: Vec<i32> = (0..l)
                 .map(|i| {
                     let prev = if i > 0 { 2 * s[i - 1] } else { 0 };
@@ -431,7 +434,8 @@ pub fn quantise(
     let mut maps: heapless::Vec<AffineSpec, { core_nostd::arch::MAX_MAPS }> = heapless::Vec::new();
     let mut weights = vec![];
     for (i, m) in scaled.maps.iter().enumerate() {
-        maps.push(AffineSpec { kind: m.kind, truncate_bits: t[i] as u8 }).map_err(|_| MergeError::TooManyMaps(l))?;
+        maps.push(AffineSpec { kind: m.kind, truncate_bits: t[i] as u8 })
+            .map_err(|_| MergeError::TooManyMaps(l))?;
         let ws = 2f64.powi(t[i]);
         let bs = 2f64.powi(f + t[i]);
         weights.push(AffineWeights {
@@ -458,4 +462,147 @@ pub fn quantise(
         calibration_inputs: calibration.len(),
     };
     Ok((merged, scaled, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::graph::Quadratic;
+    use rand_core::{RngCore, SeedableRng};
+
+    fn rand_vec(rng: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| rng.next_u32() as f64 / u32::MAX as f64 - 0.5).collect()
+    }
+
+    fn conv(
+        rng: &mut rand_chacha::ChaCha8Rng,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> LinOp {
+        LinOp::Conv {
+            out_channels: cout,
+            kernel: (k, k),
+            stride: (s, s),
+            pad: (p, p),
+            weights: rand_vec(rng, cout * cin * k * k),
+            bias: rand_vec(rng, cout),
+        }
+    }
+
+    fn check_fused(ops: &[LinOp], input: Shape, expect_conv: bool) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let map = fuse_stage(ops, input, 0).unwrap();
+        assert_eq!(matches!(map.kind, LinearKind::Conv2d { .. }), expect_conv, "{:?}", map.kind);
+        for _ in 0..3 {
+            let x = rand_vec(&mut rng, input.len());
+            let (direct, _) = apply_run(ops, input, &x);
+            let mut fused = float_linear(&map.kind, &map.weights, &x);
+            fused.iter_mut().zip(&map.bias).for_each(|(a, b)| *a += b);
+            for (a, b) in fused.iter().zip(&direct) {
+                assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn conv_and_avgpool_compose_exactly_in_both_orders() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let pool = LinOp::AvgPool { kernel: (2, 2), stride: (2, 2) };
+        let bn = LinOp::ChannelAffine { scale: vec![1.5, -0.5, 2.0], shift: vec![0.1, 0.2, 0.3] };
+        // conv (padded, strided) -> BN -> avgpool
+        check_fused(&[conv(&mut rng, 2, 3, 3, 2, 1), bn.clone(), pool.clone()], Shape::new(2, 11, 11), true);
+        // avgpool -> conv -> avgpool -> conv (odd sizes: floor semantics at the border)
+        let ops = [pool.clone(), conv(&mut rng, 2, 3, 3, 1, 0), pool.clone(), conv(&mut rng, 3, 2, 2, 1, 0)];
+        check_fused(&ops, Shape::new(2, 21, 19), true);
+        let map = fuse_stage(&ops, Shape::new(2, 21, 19), 0).unwrap();
+        assert!(matches!(map.kind, LinearKind::Conv2d { kernel_h: 12, stride_h: 4, .. }), "{:?}", map.kind);
+        // A padded conv after a pool is not exactly a conv: falls back to a dense map.
+        check_fused(&[pool, conv(&mut rng, 2, 2, 3, 1, 1)], Shape::new(2, 8, 8), false);
+        // conv -> flatten -> dense is dense.
+        let dense = LinOp::Dense {
+            inputs: 18,
+            outputs: 4,
+            weights: rand_vec(&mut rng, 72),
+            bias: rand_vec(&mut rng, 4),
+        };
+        check_fused(
+            &[conv(&mut rng, 1, 2, 2, 1, 0), LinOp::Reshape { to: Shape::flat(18) }, dense],
+            Shape::new(1, 4, 4),
+            false,
+        );
+    }
+
+    #[test]
+    fn quadratic_activation_is_rewritten_as_a_bare_square() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let d1 = LinOp::Dense {
+            inputs: 5,
+            outputs: 4,
+            weights: rand_vec(&mut rng, 20),
+            bias: rand_vec(&mut rng, 4),
+        };
+        let d2 = LinOp::Dense {
+            inputs: 4,
+            outputs: 3,
+            weights: rand_vec(&mut rng, 12),
+            bias: rand_vec(&mut rng, 3),
+        };
+        let q = Quadratic {
+            a: vec![0.5, -1.0, 2.0, 0.25],
+            b: vec![0.3, 0.0, -1.0, 2.0],
+            c: vec![1.0, -0.5, 0.0, 0.2],
+        };
+        let imp = Imported {
+            input: Shape::flat(5),
+            stages: vec![vec![d1], vec![d2]],
+            activations: vec![q],
+            nodes: vec![],
+        };
+        let float = merge_float(&imp).unwrap();
+        assert_eq!(float.maps.len(), 2);
+        for _ in 0..5 {
+            let x = rand_vec(&mut rng, 5);
+            let (a, b) = (float.forward(&x), imp.evaluate(&x));
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() < 1e-12, "{u} vs {v}");
+            }
+        }
+        let mut zero = imp.clone();
+        zero.activations[0].a[2] = 0.0;
+        assert!(matches!(merge_float(&zero), Err(MergeError::ZeroQuadratic { layer: 0, element: 2 })));
+    }
+
+    #[test]
+    fn rescaling_is_exact_and_the_bound_grows_with_precision() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let d = |rng: &mut rand_chacha::ChaCha8Rng, i: usize, o: usize| FloatMap {
+            kind: LinearKind::Dense { inputs: i as u32, outputs: o as u32 },
+            weights: rand_vec(rng, i * o),
+            bias: rand_vec(rng, o),
+        };
+        let model = FloatModel {
+            input: Shape::flat(6),
+            maps: vec![d(&mut rng, 6, 5), d(&mut rng, 5, 4), d(&mut rng, 4, 2)],
+        };
+        let scaled = rescale(&model, &[3, -2, 0]);
+        let x = rand_vec(&mut rng, 6);
+        for (u, v) in scaled.forward(&x).iter().zip(&model.forward(&x)) {
+            assert!((u - v).abs() < 1e-12);
+        }
+        let m = [4.0, 2.0, 1.0];
+        let lo = failure_log2(&model.maps, &m, 8, &[8, 8, 8], &[0, 0, 0]);
+        let hi = failure_log2(&model.maps, &m, 12, &[8, 8, 8], &[0, 0, 0]);
+        assert!(hi > lo + 3.0);
+        // 5 + 4 + 2 map outputs at |x| = 4*2^16, 2*2^16, 2^16 and 9 squared elements.
+        let expect = (5.0 * (4.0 * 65536.0 + 1.0)
+            + 4.0 * (2.0 * 65536.0 + 1.0)
+            + 2.0 * 65537.0
+            + 5.0 * (16.0 * 65536.0 + 1.0)
+            + 4.0 * (4.0 * 65536.0 + 1.0))
+            / P_F64;
+        assert!((lo - expect.log2()).abs() < 1e-9);
+    }
 }

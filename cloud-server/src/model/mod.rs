@@ -58,15 +58,23 @@ pub fn load(path: &Path, model_id: &str, calibration: &[Vec<f64>]) -> Result<Loa
 /// Calibration inputs: the first `count` images of an IDX file when the model takes one-channel
 /// images of that size, else `count` deterministic pseudo-random inputs uniform in [0, 1]
 /// (ChaCha8, seed 0) -- the case of `cifar-sq`, whose weights are random anyway.
-pub fn calibration_inputs(input: Shape, images: Option<&Path>, count: usize) -> Result<Vec<Vec<f64>>, LoadError> {
+pub fn calibration_inputs(
+    input: Shape,
+    images: Option<&Path>,
+    count: usize,
+) -> Result<Vec<Vec<f64>>, LoadError> {
     if let Some(path) = images {
         let im = idx::read_images(path)?;
         if im.rows * im.cols != input.len() {
             return Err(LoadError::CalibrationShape { rows: im.rows, cols: im.cols, shape: input });
         }
-        return (0..count.min(im.len())).map(|k| Ok(im.get(k)?.iter().map(|&v| v as f64).collect())).collect();
+        return (0..count.min(im.len()))
+            .map(|k| Ok(im.get(k)?.iter().map(|&v| v as f64).collect()))
+            .collect();
     }
     use rand_core::{RngCore, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    Ok((0..count).map(|_| (0..input.len()).map(|_| rng.next_u32() as f64 / u32::MAX as f64).collect()).collect())
+    Ok((0..count)
+        .map(|_| (0..input.len()).map(|_| rng.next_u32() as f64 / u32::MAX as f64).collect())
+        .collect())
 }

@@ -90,7 +90,9 @@ fn attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
 
 /// Import an ONNX file.
 pub fn import_path(path: &Path) -> Result<Imported, ImportError> {
-    let proto = tract_onnx::onnx().proto_model_for_path(path).map_err(|e| ImportError::Parse(format!("{}: {e}", path.display())))?;
+    let proto = tract_onnx::onnx()
+        .proto_model_for_path(path)
+        .map_err(|e| ImportError::Parse(format!("{}: {e}", path.display())))?;
     import_proto(&proto)
 }
 
@@ -99,10 +101,12 @@ pub fn import_proto(proto: &pb::ModelProto) -> Result<Imported, ImportError> {
     let graph = proto.graph.as_ref().ok_or_else(|| ImportError::Parse("no graph".into()))?;
     let mut values = HashMap::new();
     for t in &graph.initializer {
-        let c = tensor_to_const(t).map_err(|e| ImportError::Parse(format!("initializer `{}`: {e}", t.name)))?;
+        let c =
+            tensor_to_const(t).map_err(|e| ImportError::Parse(format!("initializer `{}`: {e}", t.name)))?;
         values.insert(t.name.clone(), Val::Const(c));
     }
-    let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !values.contains_key(&i.name)).collect();
+    let inputs: Vec<&pb::ValueInfoProto> =
+        graph.input.iter().filter(|i| !values.contains_key(&i.name)).collect();
     if inputs.len() != 1 || graph.output.len() != 1 {
         return Err(ImportError::Io);
     }
@@ -112,7 +116,13 @@ pub fn import_proto(proto: &pb::ModelProto) -> Result<Imported, ImportError> {
         [1, c, h, w] => Shape::new(*c as u32, *h as u32, *w as u32),
         [1, n] => Shape::flat(*n as u32),
         [c, h, w] => Shape::new(*c as u32, *h as u32, *w as u32),
-        _ => return Err(ImportError::Unsupported { op: "input".into(), node: input.name.clone(), reason: format!("input shape {dims:?} is not [1,C,H,W] or [1,N]") }),
+        _ => {
+            return Err(ImportError::Unsupported {
+                op: "input".into(),
+                node: input.name.clone(),
+                reason: format!("input shape {dims:?} is not [1,C,H,W] or [1,N]"),
+            })
+        }
     };
     values.insert(input.name.clone(), Val::Lin(LinVal { stage: 0, ops: vec![], shape }));
     let mut ctx = Ctx { values, stages: vec![], acts: vec![], input: shape };
@@ -156,7 +166,10 @@ fn input_dims(input: &pb::ValueInfoProto) -> Result<Vec<usize>, ImportError> {
 impl Ctx {
     fn get(&self, node: &pb::NodeProto, i: usize) -> Result<Val, ImportError> {
         let name = node.input.get(i).ok_or_else(|| self.unsup(node, format!("missing input {i}")))?;
-        self.values.get(name).cloned().ok_or_else(|| ImportError::UnknownValue { node: node.name.clone(), value: name.clone() })
+        self.values
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ImportError::UnknownValue { node: node.name.clone(), value: name.clone() })
     }
 
     fn unsup(&self, node: &pb::NodeProto, reason: String) -> ImportError {
@@ -200,7 +213,12 @@ impl Ctx {
 
     /// A constant broadcast against `shape`: per-channel (incl. scalar) or full, as per-element
     /// vectors of length `shape.len()`, plus whether it is per-channel.
-    fn broadcast(&self, node: &pb::NodeProto, c: &Const, shape: Shape) -> Result<(Vec<f64>, Option<Vec<f64>>), ImportError> {
+    fn broadcast(
+        &self,
+        node: &pb::NodeProto,
+        c: &Const,
+        shape: Shape,
+    ) -> Result<(Vec<f64>, Option<Vec<f64>>), ImportError> {
         let n = shape.len();
         let (ch, hw) = (shape.channels as usize, shape.height as usize * shape.width as usize);
         let significant: Vec<usize> = c.dims.iter().copied().filter(|&d| d != 1).collect();
@@ -214,10 +232,22 @@ impl Ctx {
         if c.data.len() == n {
             return Ok((c.data.clone(), None));
         }
-        Err(self.unsup(node, format!("constant of shape {:?} does not broadcast to {}x{}x{}", c.dims, shape.channels, shape.height, shape.width)))
+        Err(self.unsup(
+            node,
+            format!(
+                "constant of shape {:?} does not broadcast to {}x{}x{}",
+                c.dims, shape.channels, shape.height, shape.width
+            ),
+        ))
     }
 
-    fn scale_shift_op(&self, node: &pb::NodeProto, c: &Const, shape: Shape, mul: bool) -> Result<LinOp, ImportError> {
+    fn scale_shift_op(
+        &self,
+        node: &pb::NodeProto,
+        c: &Const,
+        shape: Shape,
+        mul: bool,
+    ) -> Result<LinOp, ImportError> {
         let (full, per) = self.broadcast(node, c, shape)?;
         Ok(match (per, mul) {
             (Some(p), true) => LinOp::ChannelAffine { shift: vec![0.0; p.len()], scale: p },
@@ -229,11 +259,16 @@ impl Ctx {
 
     fn node(&mut self, node: &pb::NodeProto) -> Result<Val, ImportError> {
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
-            return Err(ImportError::UnsupportedOp { op: format!("{}:{}", node.domain, node.op_type), node: node.name.clone() });
+            return Err(ImportError::UnsupportedOp {
+                op: format!("{}:{}", node.domain, node.op_type),
+                node: node.name.clone(),
+            });
         }
         match node.op_type.as_str() {
             "Constant" => {
-                let t = attr(node, "value").and_then(|a| a.t.as_ref()).ok_or_else(|| self.unsup(node, "only tensor `value` constants are supported".into()))?;
+                let t = attr(node, "value")
+                    .and_then(|a| a.t.as_ref())
+                    .ok_or_else(|| self.unsup(node, "only tensor `value` constants are supported".into()))?;
                 Ok(Val::Const(tensor_to_const(t).map_err(|e| self.unsup(node, e))?))
             }
             "Conv" => self.conv(node),
@@ -241,9 +276,14 @@ impl Ctx {
             "MatMul" => {
                 let l = self.lin_input(node)?;
                 let w = self.get_const(node, 1)?;
-                let [inputs, outputs] = w.dims[..] else { return Err(self.unsup(node, "weight must be 2-D".into())) };
+                let [inputs, outputs] = w.dims[..] else {
+                    return Err(self.unsup(node, "weight must be 2-D".into()));
+                };
                 if l.shape.len() != inputs || l.shape.height != 1 || l.shape.width != 1 {
-                    return Err(self.unsup(node, format!("input of {} elements is not a flat vector of {inputs}", l.shape.len())));
+                    return Err(self.unsup(
+                        node,
+                        format!("input of {} elements is not a flat vector of {inputs}", l.shape.len()),
+                    ));
                 }
                 // MatMul computes x W with W [in][out]; store W^T.
                 let mut wt = vec![0.0; inputs * outputs];
@@ -257,7 +297,12 @@ impl Ctx {
             "BatchNormalization" => {
                 let l = self.lin_input(node)?;
                 let eps = attr_float(node, "epsilon", 1e-5) as f64;
-                let (g, b, m, v) = (self.get_const(node, 1)?, self.get_const(node, 2)?, self.get_const(node, 3)?, self.get_const(node, 4)?);
+                let (g, b, m, v) = (
+                    self.get_const(node, 1)?,
+                    self.get_const(node, 2)?,
+                    self.get_const(node, 3)?,
+                    self.get_const(node, 4)?,
+                );
                 let ch = l.shape.channels as usize;
                 if [&g, &b, &m, &v].iter().any(|c| c.data.len() != ch) {
                     return Err(self.unsup(node, "parameter length differs from channel count".into()));
@@ -271,11 +316,23 @@ impl Ctx {
                 let k = attr_ints(node, "kernel_shape").unwrap_or_default();
                 let s = attr_ints(node, "strides").unwrap_or_else(|| vec![1, 1]);
                 let pads = attr_ints(node, "pads").unwrap_or_else(|| vec![0; 4]);
-                if k.len() != 2 || s.len() != 2 || pads.iter().any(|&p| p != 0) || attr_int(node, "ceil_mode", 0) != 0 {
-                    return Err(self.unsup(node, "only 2-D average pooling without padding or ceil_mode".into()));
+                if k.len() != 2
+                    || s.len() != 2
+                    || pads.iter().any(|&p| p != 0)
+                    || attr_int(node, "ceil_mode", 0) != 0
+                {
+                    return Err(
+                        self.unsup(node, "only 2-D average pooling without padding or ceil_mode".into())
+                    );
                 }
                 let (kernel, stride) = ((k[0] as usize, k[1] as usize), (s[0] as usize, s[1] as usize));
-                if kernel.0 == 0 || stride.0 == 0 || kernel.1 == 0 || stride.1 == 0 || kernel.0 > l.shape.height as usize || kernel.1 > l.shape.width as usize {
+                if kernel.0 == 0
+                    || stride.0 == 0
+                    || kernel.1 == 0
+                    || stride.1 == 0
+                    || kernel.0 > l.shape.height as usize
+                    || kernel.1 > l.shape.width as usize
+                {
                     return Err(self.unsup(node, "kernel does not fit".into()));
                 }
                 self.push(node, l, LinOp::AvgPool { kernel, stride })
@@ -294,7 +351,10 @@ impl Ctx {
                 let n = l.shape.len() as f64;
                 let ok = matches!(target.data[..], [a, b] if (a == 1.0 || a == -1.0) && (b == n || b == -1.0) && !(a == -1.0 && b == -1.0));
                 if !ok {
-                    return Err(self.unsup(node, format!("only a flatten to [1, {n}] is supported, got {:?}", target.data)));
+                    return Err(self.unsup(
+                        node,
+                        format!("only a flatten to [1, {n}] is supported, got {:?}", target.data),
+                    ));
                 }
                 let to = Shape::flat(l.shape.len() as u32);
                 self.push(node, l, LinOp::Reshape { to })
@@ -319,8 +379,14 @@ impl Ctx {
     fn conv(&mut self, node: &pb::NodeProto) -> Result<Val, ImportError> {
         let l = self.lin_input(node)?;
         let w = self.get_const(node, 1)?;
-        let bias = if node.input.len() > 2 && !node.input[2].is_empty() { Some(self.get_const(node, 2)?) } else { None };
-        if attr_int(node, "group", 1) != 1 || attr_ints(node, "dilations").is_some_and(|d| d.iter().any(|&x| x != 1)) {
+        let bias = if node.input.len() > 2 && !node.input[2].is_empty() {
+            Some(self.get_const(node, 2)?)
+        } else {
+            None
+        };
+        if attr_int(node, "group", 1) != 1
+            || attr_ints(node, "dilations").is_some_and(|d| d.iter().any(|&x| x != 1))
+        {
             return Err(self.unsup(node, "grouped or dilated convolution".into()));
         }
         if attr(node, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET") {
@@ -328,7 +394,8 @@ impl Ctx {
         }
         let [oc, ic, kh, kw] = w.dims[..] else { return Err(self.unsup(node, "weight must be 4-D".into())) };
         if ic != l.shape.channels as usize || l.shape.height == 1 && l.shape.width == 1 && kh * kw > 1 {
-            return Err(self.unsup(node, format!("weight expects {ic} input channels, input has shape {:?}", l.shape)));
+            return Err(self
+                .unsup(node, format!("weight expects {ic} input channels, input has shape {:?}", l.shape)));
         }
         let s = attr_ints(node, "strides").unwrap_or_else(|| vec![1, 1]);
         let p = attr_ints(node, "pads").unwrap_or_else(|| vec![0; 4]);
@@ -347,7 +414,11 @@ impl Ctx {
             Some(_) => return Err(self.unsup(node, "bias length".into())),
             None => vec![0.0; oc],
         };
-        self.push(node, l, LinOp::Conv { out_channels: oc, kernel: (kh, kw), stride, pad, weights: w.data, bias })
+        self.push(
+            node,
+            l,
+            LinOp::Conv { out_channels: oc, kernel: (kh, kw), stride, pad, weights: w.data, bias },
+        )
     }
 
     fn gemm(&mut self, node: &pb::NodeProto) -> Result<Val, ImportError> {
@@ -362,7 +433,9 @@ impl Ctx {
         let [d0, d1] = w.dims[..] else { return Err(self.unsup(node, "weight must be 2-D".into())) };
         let (inputs, outputs) = if trans_b { (d1, d0) } else { (d0, d1) };
         if l.shape.len() != inputs || l.shape.height != 1 || l.shape.width != 1 {
-            return Err(self.unsup(node, format!("input of shape {:?} is not a flat vector of {inputs}", l.shape)));
+            return Err(
+                self.unsup(node, format!("input of shape {:?} is not a flat vector of {inputs}", l.shape))
+            );
         }
         let mut weights = vec![0.0; inputs * outputs];
         for o in 0..outputs {
@@ -412,7 +485,10 @@ impl Ctx {
                 }
                 Ok(Val::Quad { y, q })
             }
-            (Val::Const(_), Val::Const(_)) => Err(self.unsup(node, "constant folding is not supported; export with do_constant_folding=True".into())),
+            (Val::Const(_), Val::Const(_)) => Err(self.unsup(
+                node,
+                "constant folding is not supported; export with do_constant_folding=True".into(),
+            )),
             _ => Err(self.unsup(node, "product of degree > 2 (only squares are supported)".into())),
         }
     }
@@ -440,7 +516,10 @@ impl Ctx {
                     return Err(Self::residual(node));
                 }
                 let tail = &t.ops[y.ops.len()..];
-                if !tail.iter().all(|op| matches!(op, LinOp::ChannelAffine { .. } | LinOp::Elementwise { .. })) {
+                if !tail
+                    .iter()
+                    .all(|op| matches!(op, LinOp::ChannelAffine { .. } | LinOp::Elementwise { .. }))
+                {
                     return Err(Self::residual(node));
                 }
                 let n = y.shape.len();
@@ -464,7 +543,10 @@ impl Ctx {
                 Ok(Val::Quad { y, q })
             }
             (Val::Lin(_), Val::Lin(_)) => Err(Self::residual(node)),
-            (Val::Const(_), Val::Const(_)) => Err(self.unsup(node, "constant folding is not supported; export with do_constant_folding=True".into())),
+            (Val::Const(_), Val::Const(_)) => Err(self.unsup(
+                node,
+                "constant folding is not supported; export with do_constant_folding=True".into(),
+            )),
         }
     }
 }

@@ -48,8 +48,11 @@ impl FixedPointReference {
         let mut trace = Trace { input, maps: vec![], squares: vec![] };
         for (i, (spec, w)) in model.arch.maps.iter().zip(&model.maps).enumerate() {
             let acc = linear_reference(&spec.kind, &w.weights, &x);
-            let y: Vec<Fp> =
-                acc.iter().zip(&w.bias).map(|(&a, &b)| truncate(a + Fp::from_i64(b), spec.truncate_bits)).collect();
+            let y: Vec<Fp> = acc
+                .iter()
+                .zip(&w.bias)
+                .map(|(&a, &b)| truncate(a + Fp::from_i64(b), spec.truncate_bits))
+                .collect();
             if i < last {
                 x = y.iter().map(|&v| truncate(v * v, model.arch.frac_bits)).collect();
                 trace.squares.push(x.clone());
