@@ -313,16 +313,30 @@ pub struct QuantReport {
 
 const P_F64: f64 = core_nostd::field::P as f64;
 
-/// log2 of the failure bound for given parameters; `m[i]` are margin-scaled maxima before rescale.
-fn failure_log2(maps: &[FloatMap], m: &[f64], f: i32, t: &[i32], s: &[i32]) -> f64 {
-    let last = maps.len() - 1;
+/// Margin-scaled magnitude statistics of one map's output, measured on calibration data.
+#[derive(Clone, Debug)]
+struct Stats {
+    /// Number of output elements.
+    n: f64,
+    /// Largest |y| over elements (the rescale is chosen from it).
+    max: f64,
+    /// Mean |y| over elements and inputs (the typical magnitude, for precision).
+    mean: f64,
+    /// Sum over elements of the per-element maximum of |y|.
+    sum_max: f64,
+    /// Sum over elements of the squared per-element maximum.
+    sum_max_sq: f64,
+}
+
+/// log2 of the failure bound: per element `(|x| + 1) / p`, with `|x|` the element's maximum
+/// (margin included) at its truncation point, summed over all truncations of one inference.
+fn failure_log2(stats: &[Stats], f: i32, t: &[i32], s: &[i32]) -> f64 {
+    let last = stats.len() - 1;
     let mut sum = 0.0;
-    for (i, map) in maps.iter().enumerate() {
-        let n = map.kind.output_len() as f64;
-        let y = m[i] * 2f64.powi(-s[i]);
-        sum += n * (y * 2f64.powi(f + t[i]) + 1.0) / P_F64;
+    for (i, st) in stats.iter().enumerate() {
+        sum += (st.sum_max * 2f64.powi(f + t[i] - s[i]) + st.n) / P_F64;
         if i < last {
-            sum += n * (y * y * 2f64.powi(2 * f) + 1.0) / P_F64;
+            sum += (st.sum_max_sq * 2f64.powi(2 * f - 2 * s[i]) + st.n) / P_F64;
         }
     }
     sum.log2()
@@ -333,9 +347,12 @@ fn max_abs(v: &[f64]) -> f64 {
 }
 
 /// Choose f, t_i, s_i from per-map maxima (water-filling, see the module docs).
-fn choose(maps: &[FloatMap], measured: &[f64]) -> Option<(i32, Vec<i32>, Vec<i32>)> {
+fn choose(maps: &[FloatMap], stats: &[Stats]) -> Option<(i32, Vec<i32>, Vec<i32>)> {
     let l = maps.len();
-    let m: Vec<f64> = measured.iter().map(|v| (v * SAFETY_MARGIN).max(1e-6)).collect();
+    let m: Vec<f64> = stats.iter().map(|st| st.max.max(1e-6)).collect();
+    // Bits by which typical values sit below the layer maximum.
+    let gap: Vec<i32> =
+        stats.iter().map(|st| (st.max / st.mean.max(1e-12)).log2().floor().max(0.0) as i32).collect();
     let wmax: Vec<f64> = maps.iter().map(|mp| max_abs(&mp.weights).max(1e-12)).collect();
     let mut best: Option<(f64, i32, Vec<i32>, Vec<i32>)> = None;
     for f in 6..=16 {
@@ -358,7 +375,7 @@ fn choose(maps: &[FloatMap], measured: &[f64]) -> Option<(i32, Vec<i32>, Vec<i32
         };
         let ok = |e: &[i32], w: &[i32]| {
             let (s, t) = derive(e, w);
-            failure_log2(maps, &m, f, &t, &s) <= FAILURE_TARGET_LOG2
+            failure_log2(stats, f, &t, &s) <= FAILURE_TARGET_LOG2
         };
         if !ok(&e, &w) {
             continue;
@@ -371,7 +388,7 @@ fn choose(maps: &[FloatMap], measured: &[f64]) -> Option<(i32, Vec<i32>, Vec<i32
                 if frozen[v] || (v < l && v + 1 == l) {
                     continue;
                 }
-                let prec = if v < l { e[v].min(2 * e[v] - f) } else { w[v - l] };
+                let prec = if v < l { (e[v] - gap[v]).min(2 * (e[v] - gap[v]) - f) } else { w[v - l] };
                 if pick.is_none_or(|(p, _)| prec < p) {
                     pick = Some((prec, v));
                 }
@@ -390,7 +407,7 @@ fn choose(maps: &[FloatMap], measured: &[f64]) -> Option<(i32, Vec<i32>, Vec<i32
                 w = w2;
             }
         }
-        let act = (0..l - 1).map(|i| e[i].min(2 * e[i] - f)).min().unwrap_or(i32::MAX);
+        let act = (0..l - 1).map(|i| (e[i] - gap[i]).min(2 * (e[i] - gap[i]) - f)).min().unwrap_or(i32::MAX);
         let score = (act.min(*w.iter().min().unwrap_or(&0)).min(f)) as f64 + f as f64 * 1e-3;
         if best.as_ref().is_none_or(|b| score > b.0) {
             let (s, t) = derive(&e, &w);
@@ -423,13 +440,27 @@ pub fn quantise(
     if calibration.is_empty() || calibration.iter().any(|x| x.len() != float.input.len()) {
         return Err(MergeError::Calibration);
     }
-    let mut measured = vec![0.0f64; l];
+    let mut elem_max: Vec<Vec<f64>> = float.maps.iter().map(|m| vec![0.0; m.kind.output_len()]).collect();
+    let mut abs_sum = vec![0.0f64; l];
     for x in calibration {
         for (i, y) in float.trace(x).iter().enumerate() {
-            measured[i] = measured[i].max(max_abs(y));
+            for (m, v) in elem_max[i].iter_mut().zip(y) {
+                *m = m.max(v.abs());
+                abs_sum[i] += v.abs();
+            }
         }
     }
-    let (f, t, s) = choose(&float.maps, &measured).ok_or(MergeError::NoParameters)?;
+    let measured: Vec<f64> = elem_max.iter().map(|v| max_abs(v)).collect();
+    let stats: Vec<Stats> = (0..l)
+        .map(|i| Stats {
+            n: elem_max[i].len() as f64,
+            max: measured[i] * SAFETY_MARGIN,
+            mean: abs_sum[i] / (elem_max[i].len() * calibration.len()) as f64,
+            sum_max: elem_max[i].iter().map(|v| v * SAFETY_MARGIN).sum(),
+            sum_max_sq: elem_max[i].iter().map(|v| (v * SAFETY_MARGIN).powi(2)).sum(),
+        })
+        .collect();
+    let (f, t, s) = choose(&float.maps, &stats).ok_or(MergeError::NoParameters)?;
     let scaled = rescale(float, &s);
     let mut maps: heapless::Vec<AffineSpec, { core_nostd::arch::MAX_MAPS }> = heapless::Vec::new();
     let mut weights = vec![];
@@ -452,13 +483,12 @@ pub fn quantise(
     let arch = Architecture { model_id: id, input: float.input, maps, frac_bits: f as u8 };
     let merged = MergedModel { arch, maps: weights };
     merged.validate()?;
-    let m: Vec<f64> = measured.iter().map(|v| (v * SAFETY_MARGIN).max(1e-6)).collect();
     let report = QuantReport {
         frac_bits: f as u8,
         truncate_bits: t.iter().map(|&v| v as u8).collect(),
         shifts: s.clone(),
         measured_max: measured,
-        failure_log2: failure_log2(&float.maps, &m, f, &t, &s),
+        failure_log2: failure_log2(&stats, f, &t, &s),
         calibration_inputs: calibration.len(),
     };
     Ok((merged, scaled, report))
@@ -592,9 +622,10 @@ mod tests {
         for (u, v) in scaled.forward(&x).iter().zip(&model.forward(&x)) {
             assert!((u - v).abs() < 1e-12);
         }
-        let m = [4.0, 2.0, 1.0];
-        let lo = failure_log2(&model.maps, &m, 8, &[8, 8, 8], &[0, 0, 0]);
-        let hi = failure_log2(&model.maps, &m, 12, &[8, 8, 8], &[0, 0, 0]);
+        let st = |n: f64, m: f64| Stats { n, max: m, mean: m, sum_max: n * m, sum_max_sq: n * m * m };
+        let stats = [st(5.0, 4.0), st(4.0, 2.0), st(2.0, 1.0)];
+        let lo = failure_log2(&stats, 8, &[8, 8, 8], &[0, 0, 0]);
+        let hi = failure_log2(&stats, 12, &[8, 8, 8], &[0, 0, 0]);
         assert!(hi > lo + 3.0);
         // 5 + 4 + 2 map outputs at |x| = 4*2^16, 2*2^16, 2^16 and 9 squared elements.
         let expect = (5.0 * (4.0 * 65536.0 + 1.0)
