@@ -191,13 +191,13 @@ fn eval(a: &ModelArgs, data: &Path, limit: Option<usize>) -> Res {
                 let (m, images, labels, bar) = (&m, &images, &labels, &bar);
                 s.spawn(move || -> Result<[usize; 3], String> {
                     let mut t = [0usize; 3];
-                    for k in start..(start + chunk).min(n) {
+                    for (k, &label) in labels.iter().enumerate().take((start + chunk).min(n)).skip(start) {
                         let x = images.get(k).map_err(|e| e.to_string())?;
                         let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
                         let pf = argmax(&m.float.forward(&xf));
                         let fixed = FixedPointReference::logits(&m.merged, &x).map_err(|e| e.to_string())?;
                         let px = argmax(&FixedPointReference::decode(&m.merged, &fixed));
-                        let y = labels[k] as usize;
+                        let y = label as usize;
                         t[0] += (pf == y) as usize;
                         t[1] += (px == y) as usize;
                         t[2] += (pf == px) as usize;

@@ -478,10 +478,10 @@ impl Ctx {
             }
             (Val::Quad { y, mut q }, Val::Const(c)) | (Val::Const(c), Val::Quad { y, mut q }) => {
                 let (full, _) = self.broadcast(node, &c, y.shape)?;
-                for k in 0..full.len() {
-                    q.a[k] *= full[k];
-                    q.b[k] *= full[k];
-                    q.c[k] *= full[k];
+                for (k, &v) in full.iter().enumerate() {
+                    q.a[k] *= v;
+                    q.b[k] *= v;
+                    q.c[k] *= v;
                 }
                 Ok(Val::Quad { y, q })
             }
