@@ -133,15 +133,28 @@ impl Kernel {
         self.k == (1, 1) && self.s == (1, 1) && self.p == (0, 0)
     }
 
-    /// `next ∘ self`; `None` when not exactly representable.
-    fn then(&self, next: &Kernel) -> Option<Kernel> {
+    /// `next ∘ self` for `self` applied to an `hw`-sized input; `None` when not exactly
+    /// representable. When `next` pads, the composite pads by `p1 + p2 s1`, which is exact iff
+    /// every padded output position of `self` would only read padding (`k1 <= s1 + p1` at the
+    /// top/left, `H1 s1 - p1 >= H` at the bottom/right), e.g. a 2x2/2 pool of an even-sized map.
+    fn then(&self, next: &Kernel, hw: (usize, usize)) -> Option<Kernel> {
         if next.cin != self.cout {
             return None;
         }
-        if next.p != (0, 0) && !self.is_pointwise() {
-            return None;
-        }
-        let p = if self.is_pointwise() { next.p } else { self.p };
+        let p = if self.is_pointwise() {
+            next.p
+        } else if next.p == (0, 0) {
+            self.p
+        } else {
+            let fits = |h: usize, k: usize, s: usize, p: usize| {
+                let out = (h + 2 * p - k) / s + 1;
+                k <= s + p && out * s >= h + p
+            };
+            if !fits(hw.0, self.k.0, self.s.0, self.p.0) || !fits(hw.1, self.k.1, self.s.1, self.p.1) {
+                return None;
+            }
+            (self.p.0 + next.p.0 * self.s.0, self.p.1 + next.p.1 * self.s.1)
+        };
         let k = (self.k.0 + (next.k.0 - 1) * self.s.0, self.k.1 + (next.k.1 - 1) * self.s.1);
         let s = (self.s.0 * next.s.0, self.s.1 * next.s.1);
         let (c0, c1, c2) = (self.cin, self.cout, next.cout);
@@ -214,7 +227,7 @@ fn try_conv(ops: &[LinOp], input: Shape) -> Option<Kernel> {
             LinOp::Dense { .. } => return None,
         };
         if let Some(k) = next {
-            acc = acc.then(&k)?;
+            acc = acc.then(&k, (input.height as usize, input.width as usize))?;
         }
         shape = op.output_shape(shape);
     }
@@ -549,8 +562,14 @@ mod tests {
         check_fused(&ops, Shape::new(2, 21, 19), true);
         let map = fuse_stage(&ops, Shape::new(2, 21, 19), 0).unwrap();
         assert!(matches!(map.kind, LinearKind::Conv2d { kernel_h: 12, stride_h: 4, .. }), "{:?}", map.kind);
-        // A padded conv after a pool is not exactly a conv: falls back to a dense map.
-        check_fused(&[pool, conv(&mut rng, 2, 2, 3, 1, 1)], Shape::new(2, 8, 8), false);
+        // A padded conv after a pool of an even-sized map is a conv (padding 2 = 1 x stride 2);
+        // after a pool that drops a row it is not exactly a conv and falls back to a dense map.
+        let c = conv(&mut rng, 2, 2, 3, 1, 1);
+        check_fused(&[pool.clone(), c.clone()], Shape::new(2, 8, 8), true);
+        check_fused(&[pool.clone(), c], Shape::new(2, 9, 9), false);
+        // conv (padded) -> pool -> padded conv: k1 = 3 + 1 <= s1 + p1 = 2 + 1 fails -> dense.
+        let ops = [conv(&mut rng, 1, 2, 3, 1, 1), pool, conv(&mut rng, 2, 2, 3, 1, 1)];
+        check_fused(&ops, Shape::new(1, 8, 8), false);
         // conv -> flatten -> dense is dense.
         let dense = LinOp::Dense {
             inputs: 18,
