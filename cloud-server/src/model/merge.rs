@@ -430,6 +430,13 @@ fn choose(maps: &[FloatMap], stats: &[Stats]) -> Option<(i32, Vec<i32>, Vec<i32>
     best.map(|(_, f, t, s)| (f, t, s))
 }
 
+/// Per output element, the sum of the weights it reads (the map applied to an all-ones input).
+fn row_sums(kind: &LinearKind, w: &[i64]) -> Vec<i64> {
+    let ones = vec![1.0; kind.input_len()];
+    let wf: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    float_linear(kind, &wf, &ones).iter().map(|v| v.round() as i64).collect()
+}
+
 /// Apply the power-of-two rescales to a float model (exact in the reals).
 pub fn rescale(model: &FloatModel, s: &[i32]) -> FloatModel {
     let mut out = model.clone();
@@ -482,10 +489,19 @@ pub fn quantise(
             .map_err(|_| MergeError::TooManyMaps(l))?;
         let ws = 2f64.powi(t[i]);
         let bs = 2f64.powi(f + t[i]);
-        weights.push(AffineWeights {
-            weights: m.weights.iter().map(|v| (v * ws).round() as i64).collect(),
-            bias: m.bias.iter().map(|v| (v * bs).round() as i64).collect(),
-        });
+        let w_int: Vec<i64> = m.weights.iter().map(|v| (v * ws).round() as i64).collect();
+        // Floor truncation biases by -1/2 ulp on average. For the map's own truncation, adding
+        // 2^(t-1) to the bias turns the floor into round-to-nearest exactly; the -1/2 ulp of the
+        // previous square's floor is compensated in expectation by adding W * (1/2 ulp).
+        let half_ulp_in = if i > 0 { row_sums(&m.kind, &w_int) } else { vec![0; m.bias.len()] };
+        let round = if t[i] > 0 { 1i64 << (t[i] - 1) } else { 0 };
+        let bias = m
+            .bias
+            .iter()
+            .zip(&half_ulp_in)
+            .map(|(v, &h)| (v * bs).round() as i64 + round + if i > 0 { h / 2 } else { 0 })
+            .collect();
+        weights.push(AffineWeights { weights: w_int, bias });
     }
     let mut id = heapless::String::new();
     for ch in model_id.chars().take(core_nostd::arch::MAX_MODEL_ID) {
