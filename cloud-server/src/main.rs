@@ -1,4 +1,4 @@
-fn main() {
-    eprintln!("cloud-server: not implemented yet");
-    std::process::exit(2);
+//! `cloud-server` command line.
+fn main() -> std::process::ExitCode {
+    cloud_server::cli::run()
 }

@@ -1,0 +1,260 @@
+//! The `cloud-server` command line: model inspection, evaluation and the fixed-point reference.
+
+use crate::model::{self, cost, idx, reference::argmax, FixedPointReference, LoadedModel};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Default calibration images (Fashion-MNIST training set, Debian `dataset-fashion-mnist`).
+pub const DEFAULT_TRAIN_IMAGES: &str = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
+/// Calibration images used to measure the per-map maxima.
+pub const CALIBRATION_COUNT: usize = 10_000;
+
+#[derive(Parser)]
+#[command(name = "cloud-server", version, about = "Private-inference server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Model import, merging and plaintext references.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// IDX images used for calibration (default: the Fashion-MNIST training set when the model
+    /// takes 28x28 images; otherwise seeded random inputs).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Layers before and after merging, operation counts, fixed-point parameters, failure bound.
+    Inspect(ModelArgs),
+    /// f32 and fixed-point accuracy and their agreement on a test set.
+    Eval {
+        #[command(flatten)]
+        args: ModelArgs,
+        /// Directory with t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz].
+        #[arg(long)]
+        data: PathBuf,
+        /// Evaluate only the first N images.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Fixed-point reference logits of one image, as one JSON object.
+    Reference {
+        #[command(flatten)]
+        args: ModelArgs,
+        /// IDX image file.
+        #[arg(long)]
+        idx: PathBuf,
+        /// Image index.
+        #[arg(long)]
+        index: usize,
+        /// IDX label file (default: the images path with `images-idx3` replaced by `labels-idx1`).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
+}
+
+/// Parse arguments and run; errors are printed, never panicked.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model { command } => match command {
+            ModelCommand::Inspect(a) => inspect(&a),
+            ModelCommand::Eval { args, data, limit } => eval(&args, &data, limit),
+            ModelCommand::Reference { args, idx, index, labels } => reference(&args, &idx, index, labels),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+fn model_id(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+
+/// Import, merge and quantise, calibrating as documented on [`ModelArgs::calib`].
+pub fn load_for_cli(path: &Path, calib: Option<&Path>) -> Result<LoadedModel, Box<dyn std::error::Error>> {
+    let imported = model::onnx::import_path(path)?;
+    let default = Path::new(DEFAULT_TRAIN_IMAGES);
+    let images = match calib {
+        Some(p) => Some(p),
+        None if imported.input.len() == 784 && default.exists() => Some(default),
+        None => None,
+    };
+    let cal = model::calibration_inputs(
+        imported.input,
+        images,
+        if images.is_some() { CALIBRATION_COUNT } else { 256 },
+    )?;
+    Ok(model::load(path, &model_id(path), &cal)?)
+}
+
+fn inspect(a: &ModelArgs) -> Res {
+    let m = load_for_cli(&a.model, a.calib.as_deref())?;
+    println!("model {}  input {:?}", a.model.display(), m.imported.input);
+    println!("\nbefore merging: {} ONNX nodes", m.imported.nodes.len());
+    let mut shape = m.imported.input;
+    for (i, stage) in m.imported.stages.iter().enumerate() {
+        for op in stage {
+            println!("  {}", op.describe(shape));
+            shape = op.output_shape(shape);
+        }
+        if let Some(q) = m.imported.activations.get(i) {
+            let simple = q.a.iter().all(|&v| v == 1.0) && q.b.iter().chain(&q.c).all(|&v| v == 0.0);
+            println!(
+                "  {} ({} elements)",
+                if simple { "square y^2" } else { "quadratic a*y^2+b*y+c" },
+                q.a.len()
+            );
+        }
+    }
+    println!(
+        "\nafter merging: {} affine maps, frac_bits = {}",
+        m.merged.arch.maps.len(),
+        m.merged.arch.frac_bits
+    );
+    for (i, spec) in m.merged.arch.maps.iter().enumerate() {
+        println!(
+            "  A{}: {:?}  truncate_bits = {}, rescale 2^{}, measured max |y| = {:.3}",
+            i + 1,
+            spec.kind,
+            spec.truncate_bits,
+            -m.report.shifts[i],
+            m.report.measured_max[i]
+        );
+        if i + 1 < m.merged.arch.maps.len() {
+            println!("  square ({} elements)", spec.kind.output_len());
+        }
+    }
+    let hash: String = m.merged.arch.hash().iter().map(|b| format!("{b:02x}")).collect();
+    println!("architecture hash {hash}");
+    let (b, f) = (cost::before(&m.imported), cost::after(&m.merged));
+    println!("\n{:<28}{:>14}{:>14}", "cost (n = 8192)", "before", "after");
+    let rows: [(&str, u64, u64); 6] = [
+        ("affine maps", b.affine_maps, f.affine_maps),
+        ("HE ct-pt poly products", b.he_poly_products, f.he_poly_products),
+        ("HE ct-pt SIMD products", b.he_simd_products, f.he_simd_products),
+        ("HE additions", b.he_additions, f.he_additions),
+        ("truncations", b.truncations, f.truncations),
+        ("online multiplications", b.online_mults, f.online_mults),
+    ];
+    for (name, x, y) in rows {
+        println!("{name:<28}{x:>14}{y:>14}");
+    }
+    println!(
+        "\ntruncation failure bound per inference: 2^{:.2} (target <= 2^-30; per-map maxima from {} calibration inputs x margin {})",
+        m.report.failure_log2,
+        m.report.calibration_inputs,
+        model::merge::SAFETY_MARGIN
+    );
+    Ok(())
+}
+
+fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [stem.to_string(), format!("{stem}.gz")].into_iter().map(|n| dir.join(n)).find(|p| p.exists())
+}
+
+fn eval(a: &ModelArgs, data: &Path, limit: Option<usize>) -> Res {
+    let m = load_for_cli(&a.model, a.calib.as_deref())?;
+    let img_path = find(data, "t10k-images-idx3-ubyte").ok_or("no t10k-images-idx3-ubyte[.gz] in --data")?;
+    let lbl_path = find(data, "t10k-labels-idx1-ubyte").ok_or("no t10k-labels-idx1-ubyte[.gz] in --data")?;
+    let images = idx::read_images(&img_path)?;
+    let labels = idx::read_labels(&lbl_path)?;
+    let n = images.len().min(labels.len()).min(limit.unwrap_or(usize::MAX));
+    let bar = indicatif::ProgressBar::new(n as u64);
+    let threads = std::thread::available_parallelism().map_or(2, |v| v.get());
+    let chunk = n.div_ceil(threads).max(1);
+    let totals = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                let (m, images, labels, bar) = (&m, &images, &labels, &bar);
+                s.spawn(move || -> Result<[usize; 3], String> {
+                    let mut t = [0usize; 3];
+                    for (k, &label) in labels.iter().enumerate().take((start + chunk).min(n)).skip(start) {
+                        let x = images.get(k).map_err(|e| e.to_string())?;
+                        let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                        let pf = argmax(&m.float.forward(&xf));
+                        let fixed = FixedPointReference::logits(&m.merged, &x).map_err(|e| e.to_string())?;
+                        let px = argmax(&FixedPointReference::decode(&m.merged, &fixed));
+                        let y = label as usize;
+                        t[0] += (pf == y) as usize;
+                        t[1] += (px == y) as usize;
+                        t[2] += (pf == px) as usize;
+                        bar.inc(1);
+                    }
+                    Ok(t)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| "worker panicked".to_string())?)
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    bar.finish_and_clear();
+    let sum = totals.iter().fold([0; 3], |a, t| [a[0] + t[0], a[1] + t[1], a[2] + t[2]]);
+    let pct = |v: usize| 100.0 * v as f64 / n.max(1) as f64;
+    println!(
+        "{}: {n} images  f32 accuracy {:.2} %  fixed-point accuracy {:.2} %  agreement {:.2} %  (frac_bits {}, truncate_bits {:?}, failure bound 2^{:.2})",
+        model_id(&a.model),
+        pct(sum[0]),
+        pct(sum[1]),
+        pct(sum[2]),
+        m.merged.arch.frac_bits,
+        m.report.truncate_bits,
+        m.report.failure_log2
+    );
+    Ok(())
+}
+
+fn reference(a: &ModelArgs, img: &Path, index: usize, labels: Option<PathBuf>) -> Res {
+    let m = load_for_cli(&a.model, a.calib.as_deref())?;
+    let images = idx::read_images(img)?;
+    let x = images.get(index)?;
+    let lbl_path = labels.or_else(|| {
+        let s = img.to_string_lossy().replace("images-idx3", "labels-idx1");
+        let p = PathBuf::from(s);
+        (p != img && p.exists()).then_some(p)
+    });
+    let label = match lbl_path {
+        Some(p) => {
+            let l = idx::read_labels(&p)?;
+            Some(*l.get(index).ok_or(idx::IdxError::Index { index, count: l.len() })?)
+        }
+        None => None,
+    };
+    let logits = FixedPointReference::logits(&m.merged, &x)?;
+    let reals = FixedPointReference::decode(&m.merged, &logits);
+    let out = serde_json::json!({
+        "model": model_id(&a.model),
+        "index": index,
+        "label": label,
+        "frac_bits": m.merged.arch.frac_bits,
+        "logits_int": logits.iter().map(|v| v.to_i64_centered()).collect::<Vec<_>>(),
+        "logits": reals,
+        "prediction": argmax(&reals),
+    });
+    println!("{out}");
+    Ok(())
+}

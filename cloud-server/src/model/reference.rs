@@ -1,0 +1,91 @@
+//! The fixed-point plaintext reference: EXACTLY the arithmetic the protocol performs, over F_p.
+//!
+//! Every protocol test compares against this oracle. Input `x` is encoded as
+//! `round(x * 2^f) mod p`; each map computes `W_int x + b_int` over F_p (direct loops,
+//! [`linear_reference`]) and truncates by its `truncate_bits`; between maps the square `y * y` is
+//! truncated by `frac_bits`. The protocol's shared truncation equals this up to 1 ulp per element
+//! (and fails with the probability bounded by the quantiser), so the protocol output is compared
+//! with a tolerance; this reference itself is deterministic.
+
+use super::merged::{linear_reference, MergedModel, ModelError};
+use core_nostd::Fp;
+
+/// Plaintext reference truncation: `floor(x_signed / 2^d)` of the centred value. This is exactly
+/// `core_nostd::truncation::truncate_reference`.
+fn truncate(x: Fp, d: u8) -> Fp {
+    Fp::from_i64(x.to_i64_centered() >> d)
+}
+
+/// The intermediates of one fixed-point inference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// The encoded input.
+    pub input: Vec<Fp>,
+    /// Per map: its output after truncation (the last one is the logits).
+    pub maps: Vec<Vec<Fp>>,
+    /// Per square layer: the truncated square (the next map's input).
+    pub squares: Vec<Vec<Fp>>,
+}
+
+/// The fixed-point oracle.
+pub struct FixedPointReference;
+
+impl FixedPointReference {
+    /// Encode a real input with `frac_bits` fraction bits.
+    pub fn encode(model: &MergedModel, x: &[f32]) -> Vec<Fp> {
+        let s = (1u64 << model.arch.frac_bits) as f64;
+        x.iter().map(|&v| Fp::from_i64((v as f64 * s).round() as i64)).collect()
+    }
+
+    /// Run the model on an already encoded input, keeping every intermediate.
+    pub fn trace_encoded(model: &MergedModel, input: Vec<Fp>) -> Result<Trace, ModelError> {
+        model.validate()?;
+        if input.len() != model.arch.input_len() {
+            return Err(ModelError::InputLength { expected: model.arch.input_len(), found: input.len() });
+        }
+        let last = model.maps.len() - 1;
+        let mut x = input.clone();
+        let mut trace = Trace { input, maps: vec![], squares: vec![] };
+        for (i, (spec, w)) in model.arch.maps.iter().zip(&model.maps).enumerate() {
+            let acc = linear_reference(&spec.kind, &w.weights, &x);
+            let y: Vec<Fp> = acc
+                .iter()
+                .zip(&w.bias)
+                .map(|(&a, &b)| truncate(a + Fp::from_i64(b), spec.truncate_bits))
+                .collect();
+            if i < last {
+                x = y.iter().map(|&v| truncate(v * v, model.arch.frac_bits)).collect();
+                trace.squares.push(x.clone());
+            }
+            trace.maps.push(y);
+        }
+        Ok(trace)
+    }
+
+    /// Run the model on a real input, keeping every intermediate.
+    pub fn trace(model: &MergedModel, x: &[f32]) -> Result<Trace, ModelError> {
+        Self::trace_encoded(model, Self::encode(model, x))
+    }
+
+    /// The logits as field elements (`frac_bits` fraction bits, centred representation).
+    pub fn logits(model: &MergedModel, x: &[f32]) -> Result<Vec<Fp>, ModelError> {
+        Ok(Self::trace(model, x)?.maps.pop().unwrap_or_default())
+    }
+
+    /// Decode field elements with `frac_bits` fraction bits to reals.
+    pub fn decode(model: &MergedModel, v: &[Fp]) -> Vec<f64> {
+        let s = (1u64 << model.arch.frac_bits) as f64;
+        v.iter().map(|x| x.to_i64_centered() as f64 / s).collect()
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
