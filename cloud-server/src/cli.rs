@@ -24,6 +24,12 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Run the server daemon (models, address and limits from a TOML file; see `config`).
+    Serve {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -40,6 +46,9 @@ struct ModelArgs {
 enum ModelCommand {
     /// Layers before and after merging, operation counts, fixed-point parameters, failure bound.
     Inspect(ModelArgs),
+    /// Choose the fixed-point parameters on calibration data and write `<model>.quant.json`
+    /// (committed next to the model; the daemon loads models with it).
+    Calibrate(ModelArgs),
     /// f32 and fixed-point accuracy and their agreement on a test set.
     Eval {
         #[command(flatten)]
@@ -71,8 +80,10 @@ enum ModelCommand {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve { config } => serve(&config),
         Command::Model { command } => match command {
             ModelCommand::Inspect(a) => inspect(&a),
+            ModelCommand::Calibrate(a) => calibrate(&a),
             ModelCommand::Eval { args, data, limit } => eval(&args, &data, limit),
             ModelCommand::Reference { args, idx, index, labels } => reference(&args, &idx, index, labels),
         },
@@ -92,8 +103,20 @@ fn model_id(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
 }
 
-/// Import, merge and quantise, calibrating as documented on [`ModelArgs::calib`].
+/// Import, merge and quantise: with the committed `<model>.quant.json` when it exists and no
+/// `--calib` is given, else calibrating as documented on [`ModelArgs::calib`].
 pub fn load_for_cli(path: &Path, calib: Option<&Path>) -> Result<LoadedModel, Box<dyn std::error::Error>> {
+    if calib.is_none() && model::quant_path(path).exists() {
+        return Ok(model::load_calibrated(path, &model_id(path))?);
+    }
+    calibrate_for_cli(path, calib)
+}
+
+/// Import, merge and choose the fixed-point parameters from calibration data.
+pub fn calibrate_for_cli(
+    path: &Path,
+    calib: Option<&Path>,
+) -> Result<LoadedModel, Box<dyn std::error::Error>> {
     let imported = model::onnx::import_path(path)?;
     let default = Path::new(DEFAULT_TRAIN_IMAGES);
     let images = match calib {
@@ -107,6 +130,27 @@ pub fn load_for_cli(path: &Path, calib: Option<&Path>) -> Result<LoadedModel, Bo
         if images.is_some() { CALIBRATION_COUNT } else { 256 },
     )?;
     Ok(model::load(path, &model_id(path), &cal)?)
+}
+
+fn calibrate(a: &ModelArgs) -> Res {
+    let m = calibrate_for_cli(&a.model, a.calib.as_deref())?;
+    let path = model::quant_path(&a.model);
+    std::fs::write(&path, serde_json::to_string_pretty(&m.report)? + "\n")?;
+    println!(
+        "wrote {}: frac_bits {}, truncate_bits {:?}, shifts {:?}, failure bound 2^{:.2} ({} calibration inputs)",
+        path.display(),
+        m.report.frac_bits,
+        m.report.truncate_bits,
+        m.report.shifts,
+        m.report.failure_log2,
+        m.report.calibration_inputs
+    );
+    println!("architecture hash {}", hex(&m.merged.arch.hash()));
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn inspect(a: &ModelArgs) -> Res {
@@ -146,7 +190,7 @@ fn inspect(a: &ModelArgs) -> Res {
             println!("  square ({} elements)", spec.kind.output_len());
         }
     }
-    let hash: String = m.merged.arch.hash().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = hex(&m.merged.arch.hash());
     println!("architecture hash {hash}");
     let (b, f) = (cost::before(&m.imported), cost::after(&m.merged));
     println!("\n{:<28}{:>14}{:>14}", "cost (n = 8192)", "before", "after");
@@ -257,4 +301,58 @@ fn reference(a: &ModelArgs, img: &Path, index: usize, labels: Option<PathBuf>) -
     });
     println!("{out}");
     Ok(())
+}
+
+/// Load every configured model with its committed fixed-point parameters.
+pub fn load_served_models(
+    config: &crate::config::ServerConfig,
+) -> Result<Vec<crate::session::ServedModel>, Box<dyn std::error::Error>> {
+    let mut models = Vec::new();
+    for entry in &config.models {
+        let m = model::load_calibrated(&entry.path, &entry.id)?;
+        tracing::info!(model = %entry.id, hash = %hex(&m.merged.arch.hash()), maps = m.merged.maps.len(), "model loaded");
+        models.push(crate::session::ServedModel::from_merged(&m.merged));
+    }
+    Ok(models)
+}
+
+fn serve(config_path: &Path) -> Res {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = crate::config::ServerConfig::load(config_path)?;
+    let models = load_served_models(&config)?;
+    let state = std::sync::Arc::new(crate::session::ServerState::new(models, config.limits));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        crate::daemon::serve(listener, state, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("interrupt: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
 }

@@ -174,3 +174,54 @@ async fn connection(
     let _ = stream.shutdown().await;
     tracing::debug!(%peer, reason, inferences = session.inferences(), "disconnected");
 }
+
+/// A daemon on a loopback port in its own thread and multi-threaded runtime: what the embedded
+/// demo server and the integration tests use. Dropping it shuts the daemon down gracefully.
+#[derive(Debug)]
+pub struct LocalDaemon {
+    pub addr: SocketAddr,
+    pub state: Arc<ServerState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalDaemon {
+    /// Bind `127.0.0.1:0` and serve `state` until dropped.
+    pub fn start(state: Arc<ServerState>) -> std::io::Result<LocalDaemon> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let thread = std::thread::Builder::new().name("local-daemon".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot register the listener");
+                        return;
+                    }
+                };
+                let shutdown = async {
+                    let _ = rx.await;
+                };
+                if let Err(e) = serve(listener, st, shutdown).await {
+                    tracing::error!(error = %e, "daemon stopped");
+                }
+            });
+        })?;
+        Ok(LocalDaemon { addr, state, shutdown: Some(tx), thread: Some(thread) })
+    }
+}
+
+impl Drop for LocalDaemon {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

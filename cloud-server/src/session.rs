@@ -46,6 +46,30 @@ pub struct ServedModel {
     pub online: Arc<OnlineModel<ModelLayers>>,
 }
 
+/// `W x` by direct loops over F_p ([`crate::model::merged::linear_reference`]): correct and
+/// simple; the daemon's default engine until a faster one is plugged in through [`LinearLayers`].
+#[derive(Debug)]
+pub struct DirectLayers(pub crate::model::MergedModel);
+
+impl LinearLayers for DirectLayers {
+    fn apply(&self, map: usize, x: &[Fp]) -> Vec<Fp> {
+        crate::model::merged::linear_reference(&self.0.arch.maps[map].kind, &self.0.maps[map].weights, x)
+    }
+}
+
+impl ServedModel {
+    /// Serve a merged model with the direct linear layers.
+    pub fn from_merged(m: &crate::model::MergedModel) -> ServedModel {
+        let biases = m.maps.iter().map(|w| w.bias.iter().map(|&b| Fp::from_i64(b)).collect()).collect();
+        let layers: ModelLayers = Box::new(DirectLayers(m.clone()));
+        ServedModel {
+            arch: m.arch.clone(),
+            hash: m.arch.hash(),
+            online: Arc::new(OnlineModel { arch: m.arch.clone(), layers, biases }),
+        }
+    }
+}
+
 impl std::fmt::Debug for ServedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServedModel").field("model_id", &self.arch.model_id).finish_non_exhaustive()

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use cloud_server::config::Limits;
+use cloud_server::model::FixedPointReference;
 use core_nostd::wire::{ErrorCode, RefuseReason};
 use core_nostd::Fp;
 use edge_client::online::{infer, OnlineError};
 use edge_client::tickets::Ticket;
 use edge_client::transport::{Connection, TransportError};
-use integration_tests::{deal, random_model, reference_with_bound, served, TestServer};
+use integration_tests::{deal, random_model, served, TestServer};
 use rand::{Rng, SeedableRng};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -46,9 +47,11 @@ fn private_inference_over_tcp_matches_the_reference_and_tickets_are_single_use()
                 let arch = conn.hello("model-a", Some(a.arch.hash())).expect("hello");
                 for (t, x) in ts.iter().zip(xs) {
                     let logits = infer(&mut conn, &arch, t, x).expect("inference");
-                    let (expect, bound) = reference_with_bound(a, x);
-                    for ((got, want), b) in logits.iter().zip(&expect).zip(&bound) {
-                        let got = got.to_i64_centered();
+                    let trace = FixedPointReference::trace_encoded(a, x.clone()).expect("reference");
+                    let bound = FixedPointReference::error_bound(a, x).expect("bound");
+                    let expect = trace.maps.last().expect("logits");
+                    for ((got, want), b) in logits.iter().zip(expect).zip(&bound) {
+                        let (got, want) = (got.to_i64_centered(), want.to_i64_centered());
                         assert!((got - want).abs() <= *b, "logit {got}, reference {want}, bound {b}");
                     }
                 }

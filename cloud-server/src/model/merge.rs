@@ -310,7 +310,7 @@ pub fn merge_float(imp: &Imported) -> Result<FloatModel, MergeError> {
 }
 
 /// The chosen fixed-point parameters and the resulting failure bound.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct QuantReport {
     pub frac_bits: u8,
     pub truncate_bits: Vec<u8>,
@@ -481,6 +481,33 @@ pub fn quantise(
         })
         .collect();
     let (f, t, s) = choose(&float.maps, &stats).ok_or(MergeError::NoParameters)?;
+    let report = QuantReport {
+        frac_bits: f as u8,
+        truncate_bits: t.iter().map(|&v| v as u8).collect(),
+        shifts: s.clone(),
+        measured_max: measured,
+        failure_log2: failure_log2(&stats, f, &t, &s),
+        calibration_inputs: calibration.len(),
+    };
+    let (merged, scaled) = quantise_with(model_id, float, &report)?;
+    Ok((merged, scaled, report))
+}
+
+/// Quantise with parameters chosen earlier (a committed calibration, `<model>.quant.json`), so
+/// loading a model is deterministic and needs no data set: the architecture hash, which client
+/// and server compare, depends on these parameters.
+pub fn quantise_with(
+    model_id: &str,
+    float: &FloatModel,
+    params: &QuantReport,
+) -> Result<(MergedModel, FloatModel), MergeError> {
+    let l = float.maps.len();
+    if params.truncate_bits.len() != l || params.shifts.len() != l {
+        return Err(MergeError::NoParameters);
+    }
+    let f = i32::from(params.frac_bits);
+    let t: Vec<i32> = params.truncate_bits.iter().map(|&v| i32::from(v)).collect();
+    let s = params.shifts.clone();
     let scaled = rescale(float, &s);
     let mut maps: heapless::Vec<AffineSpec, { core_nostd::arch::MAX_MAPS }> = heapless::Vec::new();
     let mut weights = vec![];
@@ -512,15 +539,7 @@ pub fn quantise(
     let arch = Architecture { model_id: id, input: float.input, maps, frac_bits: f as u8 };
     let merged = MergedModel { arch, maps: weights };
     merged.validate()?;
-    let report = QuantReport {
-        frac_bits: f as u8,
-        truncate_bits: t.iter().map(|&v| v as u8).collect(),
-        shifts: s.clone(),
-        measured_max: measured,
-        failure_log2: failure_log2(&stats, f, &t, &s),
-        calibration_inputs: calibration.len(),
-    };
-    Ok((merged, scaled, report))
+    Ok((merged, scaled))
 }
 
 #[cfg(test)]

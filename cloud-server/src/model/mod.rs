@@ -53,6 +53,26 @@ pub enum LoadError {
     Idx(#[from] idx::IdxError),
     #[error("calibration images are {rows}x{cols} but the model input is {shape:?}")]
     CalibrationShape { rows: usize, cols: usize, shape: Shape },
+    #[error("{path}: {detail} (run `cloud-server model calibrate` to write it)")]
+    Calibration { path: String, detail: String },
+}
+
+/// Where the committed fixed-point parameters of a model live: `<model>.quant.json`.
+pub fn quant_path(model: &Path) -> std::path::PathBuf {
+    model.with_extension("quant.json")
+}
+
+/// Import and merge, then quantise with the committed parameters of [`quant_path`]: what the
+/// daemon and the demo do, deterministic and independent of any data set.
+pub fn load_calibrated(path: &Path, model_id: &str) -> Result<LoadedModel, LoadError> {
+    let qp = quant_path(path);
+    let err = |detail: String| LoadError::Calibration { path: qp.display().to_string(), detail };
+    let text = std::fs::read_to_string(&qp).map_err(|e| err(e.to_string()))?;
+    let report: QuantReport = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let imported = onnx::import_path(path)?;
+    let float = merge::merge_float(&imported)?;
+    let (merged, scaled) = merge::quantise_with(model_id, &float, &report)?;
+    Ok(LoadedModel { imported, float, scaled, merged, report })
 }
 
 /// Import, merge and quantise with the given calibration inputs.

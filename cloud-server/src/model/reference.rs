@@ -72,6 +72,41 @@ impl FixedPointReference {
         Ok(Self::trace(model, x)?.maps.pop().unwrap_or_default())
     }
 
+    /// Per logit, a rigorous bound (in ulps) on `|private - reference|` for this input. Each
+    /// local truncation of the protocol gives the reference value or one more ulp (except with
+    /// the failure probability of `core_nostd::truncation`); the error vector is propagated
+    /// exactly: through a map as `|W| e / 2^t` plus the new truncation's ulp (and one for the
+    /// floor of the division), through a square as `(2 |y| e + e^2) / 2^f` plus one, with `y`
+    /// this input's reference pre-activation.
+    pub fn error_bound(model: &MergedModel, input: &[Fp]) -> Result<Vec<i64>, ModelError> {
+        let trace = Self::trace_encoded(model, input.to_vec())?;
+        let f = u32::from(model.arch.frac_bits);
+        let last = model.maps.len() - 1;
+        let mut err = vec![Fp::ZERO; input.len()];
+        let mut out = Vec::new();
+        for (i, (spec, w)) in model.arch.maps.iter().zip(&model.maps).enumerate() {
+            let t = u32::from(spec.truncate_bits);
+            let abs_w: Vec<i64> = w.weights.iter().map(|w| w.abs()).collect();
+            let werr = linear_reference(&spec.kind, &abs_w, &err);
+            let e_map: Vec<i64> = werr.iter().map(|e| (e.to_i64_centered() >> t) + 2).collect();
+            if i == last {
+                out = e_map;
+                break;
+            }
+            err = trace.maps[i]
+                .iter()
+                .zip(&e_map)
+                .map(|(y, &e)| {
+                    let y = y.to_i64_centered().unsigned_abs() as i128;
+                    let e = e as i128;
+                    let bound = ((2 * y * e + e * e) >> f) + 2;
+                    Fp::from_i64(bound.min(i64::MAX as i128) as i64)
+                })
+                .collect();
+        }
+        Ok(out)
+    }
+
     /// Decode field elements with `frac_bits` fraction bits to reals.
     pub fn decode(model: &MergedModel, v: &[Fp]) -> Vec<f64> {
         let s = (1u64 << model.arch.frac_bits) as f64;
