@@ -239,7 +239,13 @@ fn eval(a: &ModelArgs, data: &Path, limit: Option<usize>) -> Res {
                         let x = images.get(k).map_err(|e| e.to_string())?;
                         let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
                         let pf = argmax(&m.float.forward(&xf));
-                        let fixed = FixedPointReference::logits(&m.merged, &x).map_err(|e| e.to_string())?;
+                        let px_in = images.pixels(k).ok_or("image index out of range")?;
+                        let enc = FixedPointReference::encode_pixels(&m.merged, px_in);
+                        let fixed = FixedPointReference::trace_encoded(&m.merged, enc)
+                            .map_err(|e| e.to_string())?
+                            .maps
+                            .pop()
+                            .unwrap_or_default();
                         let px = argmax(&FixedPointReference::decode(&m.merged, &fixed));
                         let y = label as usize;
                         t[0] += (pf == y) as usize;
@@ -275,7 +281,7 @@ fn eval(a: &ModelArgs, data: &Path, limit: Option<usize>) -> Res {
 fn reference(a: &ModelArgs, img: &Path, index: usize, labels: Option<PathBuf>) -> Res {
     let m = load_for_cli(&a.model, a.calib.as_deref())?;
     let images = idx::read_images(img)?;
-    let x = images.get(index)?;
+
     let lbl_path = labels.or_else(|| {
         let s = img.to_string_lossy().replace("images-idx3", "labels-idx1");
         let p = PathBuf::from(s);
@@ -288,7 +294,13 @@ fn reference(a: &ModelArgs, img: &Path, index: usize, labels: Option<PathBuf>) -
         }
         None => None,
     };
-    let logits = FixedPointReference::logits(&m.merged, &x)?;
+    let pixels = images.pixels(index).ok_or(idx::IdxError::Index { index, count: images.len() })?;
+    let logits =
+        FixedPointReference::trace_encoded(&m.merged, FixedPointReference::encode_pixels(&m.merged, pixels))?
+            .maps
+            .pop()
+            .unwrap_or_default();
+
     let reals = FixedPointReference::decode(&m.merged, &logits);
     let out = serde_json::json!({
         "model": model_id(&a.model),

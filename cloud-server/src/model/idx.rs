@@ -31,6 +31,12 @@ impl Images {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The raw 8-bit pixels of image `k`, or `None` past the end.
+    pub fn pixels(&self, k: usize) -> Option<&[u8]> {
+        let n = self.rows * self.cols;
+        self.pixels.get(k * n..(k + 1) * n)
+    }
+
     /// Image `k` scaled to [0, 1] (pixel / 255), as the training helper feeds the networks.
     pub fn get(&self, k: usize) -> Result<Vec<f32>, IdxError> {
         let n = self.rows * self.cols;

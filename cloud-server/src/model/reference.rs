@@ -37,6 +37,13 @@ impl FixedPointReference {
         x.iter().map(|&v| Fp::from_i64((v as f64 * s).round() as i64)).collect()
     }
 
+    /// Encode 8-bit pixels (`pixel / 255`) exactly as every client does
+    /// (`core_nostd::fixed_point::encode_pixel`).
+    pub fn encode_pixels(model: &MergedModel, pixels: &[u8]) -> Vec<Fp> {
+        let f = u32::from(model.arch.frac_bits);
+        pixels.iter().map(|&p| core_nostd::fixed_point::encode_pixel(p, f)).collect()
+    }
+
     /// Run the model on an already encoded input, keeping every intermediate.
     pub fn trace_encoded(model: &MergedModel, input: Vec<Fp>) -> Result<Trace, ModelError> {
         model.validate()?;
