@@ -17,8 +17,9 @@
 //! 2^-s_i of each pre-activation (compensated by 2^(2 s_i) in the next map's weights, exact in
 //! the reals). The SecureML local truncation fails with probability about `(|x|+1)/p` per element,
 //! where `|x|` is the integer being truncated: `|y| 2^(f+t_i)` after a map, `y^2 2^(2f)` after a
-//! square. With `|y|` bounded by the per-map maxima measured on calibration data times
-//! [`SAFETY_MARGIN`], the sum over all truncations of one inference must stay <= 2^-30. Within that
+//! square. Bounding, per map, `sum_j |y_j|` and `sum_j y_j^2` by their largest values over the
+//! calibration inputs times [`SAFETY_MARGIN`] (resp. its square), the sum over all truncations of
+//! one inference must stay <= 2^-30. Within that
 //! budget the parameters are water-filled: repeatedly give one more bit to the least precise of
 //! {each activation, each weight matrix} while the bound still holds, for each candidate f, and
 //! keep the f with the best worst-case precision.
@@ -335,9 +336,9 @@ struct Stats {
     max: f64,
     /// Mean |y| over elements and inputs (the typical magnitude, for precision).
     mean: f64,
-    /// Sum over elements of the per-element maximum of |y|.
+    /// Largest over calibration inputs of the sum over elements of |y| (times the margin).
     sum_max: f64,
-    /// Sum over elements of the squared per-element maximum.
+    /// Largest over calibration inputs of the sum over elements of y^2 (times the margin squared).
     sum_max_sq: f64,
 }
 
@@ -462,12 +463,23 @@ pub fn quantise(
     }
     let mut elem_max: Vec<Vec<f64>> = float.maps.iter().map(|m| vec![0.0; m.kind.output_len()]).collect();
     let mut abs_sum = vec![0.0f64; l];
+    // Per map, the largest over inputs of sum_j |y_j| and of sum_j y_j^2: the failure
+    // probability of one inference is a sum over its elements, so its worst case over the data
+    // is bounded by these (tighter than summing each element's own maximum, which combines
+    // maxima from different inputs).
+    let mut image_sum_max = vec![0.0f64; l];
+    let mut image_sum_sq_max = vec![0.0f64; l];
     for x in calibration {
         for (i, y) in float.trace(x).iter().enumerate() {
+            let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
             for (m, v) in elem_max[i].iter_mut().zip(y) {
                 *m = m.max(v.abs());
                 abs_sum[i] += v.abs();
+                sum += v.abs();
+                sum_sq += v * v;
             }
+            image_sum_max[i] = image_sum_max[i].max(sum);
+            image_sum_sq_max[i] = image_sum_sq_max[i].max(sum_sq);
         }
     }
     let measured: Vec<f64> = elem_max.iter().map(|v| max_abs(v)).collect();
@@ -476,8 +488,8 @@ pub fn quantise(
             n: elem_max[i].len() as f64,
             max: measured[i] * SAFETY_MARGIN,
             mean: abs_sum[i] / (elem_max[i].len() * calibration.len()) as f64,
-            sum_max: elem_max[i].iter().map(|v| v * SAFETY_MARGIN).sum(),
-            sum_max_sq: elem_max[i].iter().map(|v| (v * SAFETY_MARGIN).powi(2)).sum(),
+            sum_max: image_sum_max[i] * SAFETY_MARGIN,
+            sum_max_sq: image_sum_sq_max[i] * SAFETY_MARGIN * SAFETY_MARGIN,
         })
         .collect();
     let (f, t, s) = choose(&float.maps, &stats).ok_or(MergeError::NoParameters)?;
