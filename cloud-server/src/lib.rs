@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dealer;
+pub mod he;
 pub mod inference;
 pub mod model;
 pub mod session;

@@ -58,7 +58,8 @@ fn merged_models_equal_tract_on_the_unmerged_onnx() {
             let x = images.get(k).unwrap();
             let t = Tensor::from_shape(&[1, 1, 28, 28], &x).unwrap();
             let out = plan.run(tvec!(t.into())).unwrap();
-            let want: Vec<f64> = out[0].as_slice::<f32>().unwrap().iter().map(|&v| v as f64).collect();
+            let want: Vec<f64> =
+                out[0].to_plain_array_view::<f32>().unwrap().iter().map(|&v| v as f64).collect();
             let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
             let got = loaded.float.forward(&xf);
             let scale = want.iter().fold(0.0f64, |a, b| a.max(b.abs())).max(1.0);
@@ -79,7 +80,7 @@ fn private_inference_of_the_bundled_models_matches_the_reference_on_200_images()
         let mut conn = Connection::connect(server.addr, Duration::from_secs(60)).unwrap();
         let arch = conn.hello(id, Some(merged.arch.hash())).unwrap();
         let (mut agree, mut correct) = (0, 0);
-        for k in 0..images.len() {
+        for (k, &truth) in labels.iter().enumerate() {
             let (bytes, material) = deal(&merged, &mut rng);
             let header = core_nostd::ticket::TicketHeader::from_bytes(&bytes).unwrap();
             server.state.tickets.insert(header.ticket_id, merged.arch.hash(), material).unwrap();
@@ -105,7 +106,7 @@ fn private_inference_of_the_bundled_models_matches_the_reference_on_200_images()
                 "{id} image {k}: label {pg} vs reference {pw} (gap {gap})"
             );
             agree += usize::from(pg == pw);
-            correct += usize::from(pg == labels[k] as usize);
+            correct += usize::from(pg == truth as usize);
         }
         println!("{id}: 200 private inferences, {agree} agree with the reference, {correct} correct");
         assert_eq!(server.state.tickets.usage().0, 0);
