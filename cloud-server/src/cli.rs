@@ -206,7 +206,7 @@ fn inspect(a: &ModelArgs) -> Res {
         println!("{name:<28}{x:>14}{y:>14}");
     }
     println!(
-        "\ntruncation failure bound per inference: 2^{:.2} (target <= 2^-30; per-map maxima from {} calibration inputs x margin {})",
+        "\ntruncation failure bound per inference: 2^{:.2} (target <= 2^-30; largest per-input sums over {} calibration inputs x margin {})",
         m.report.failure_log2,
         m.report.calibration_inputs,
         model::merge::SAFETY_MARGIN
