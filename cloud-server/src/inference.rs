@@ -228,9 +228,7 @@ mod tests {
     use crate::model::{AffineWeights, MergedModel};
     use core_nostd::arch::{AffineSpec, LinearKind, Shape};
     use core_nostd::client::{ClientState, OnlineClient};
-    use core_nostd::mask::MaskStream;
-    use core_nostd::ticket::{ticket_len, write_body, SliceBody, TicketHeader};
-    use core_nostd::truncation::{truncate_client_share, truncate_reference};
+    use core_nostd::ticket::{SliceBody, TicketHeader};
     use rand::{Rng, SeedableRng};
 
     struct Direct(MergedModel);
@@ -276,86 +274,13 @@ mod tests {
         MergedModel { arch, maps: weights }
     }
 
-    /// Plaintext fixed-point evaluation and, per output, a rigorous bound on how far the shared
-    /// evaluation may drift (each local truncation adds at most one ulp, propagated exactly).
-    fn reference_with_bound(m: &MergedModel, x: &[Fp]) -> (Vec<i64>, Vec<i64>) {
-        let f = u32::from(m.arch.frac_bits);
-        let mut v = x.to_vec();
-        let mut err = vec![0i64; x.len()];
-        let last = m.maps.len() - 1;
-        for (i, (spec, w)) in m.arch.maps.iter().zip(&m.maps).enumerate() {
-            let t = u32::from(spec.truncate_bits);
-            let wx = linear_reference(&spec.kind, &w.weights, &v);
-            // Error after the map: |W| err / 2^t + 1, using |W| applied to the error vector.
-            let abs_w: Vec<i64> = w.weights.iter().map(|w| w.abs()).collect();
-            let err_fp: Vec<Fp> = err.iter().map(|&e| Fp::from_i64(e)).collect();
-            let werr = linear_reference(&spec.kind, &abs_w, &err_fp);
-            let y: Vec<Fp> =
-                wx.iter().zip(&w.bias).map(|(&a, &b)| truncate_reference(a + Fp::from_i64(b), t)).collect();
-            err = werr.iter().map(|e| (e.to_i64_centered() >> t) + 2).collect();
-            if i == last {
-                return (y.iter().map(|v| v.to_i64_centered()).collect(), err);
-            }
-            v = y.iter().map(|&y| truncate_reference(y * y, f)).collect();
-            err = y
-                .iter()
-                .zip(&err)
-                .map(|(y, &e)| ((2 * y.to_i64_centered().abs() * e + e * e) >> f) + 2)
-                .collect();
-        }
-        unreachable!()
-    }
-
-    /// Trusted-dealer preprocessing: exactly the values the HE stage produces, computed in the
-    /// clear. Returns the client's ticket bytes and the server's material.
-    fn deal(m: &MergedModel, rng: &mut rand::rngs::StdRng) -> (Vec<u8>, ServerMaterial) {
-        let arch = &m.arch;
-        let l = arch.maps.len();
-        let uniform = |rng: &mut rand::rngs::StdRng, n: usize| -> Vec<Fp> {
-            (0..n).map(|_| Fp::from_u128_reduced(rng.random())).collect()
-        };
-        let header = TicketHeader { arch_hash: arch.hash(), ticket_id: rng.random(), seed: rng.random() };
-        let r: Vec<Vec<Fp>> = arch
-            .maps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut stream = MaskStream::for_map_input(&header.seed, i as u32);
-                (0..s.kind.input_len()).map(|_| stream.next_fp()).collect()
-            })
-            .collect();
-        let s: Vec<Vec<Fp>> = arch.maps.iter().map(|s| uniform(rng, s.kind.output_len())).collect();
-        let u: Vec<Vec<Fp>> = arch.maps[..l - 1].iter().map(|s| uniform(rng, s.kind.output_len())).collect();
-        let v: Vec<Vec<Fp>> = arch.maps[..l - 1].iter().map(|s| uniform(rng, s.kind.output_len())).collect();
-        let yc: Vec<Vec<Fp>> = (0..l)
-            .map(|i| {
-                let wr = linear_reference(&arch.maps[i].kind, &m.maps[i].weights, &r[i]);
-                let t = u32::from(arch.maps[i].truncate_bits);
-                wr.iter().zip(&s[i]).map(|(&a, &b)| truncate_client_share(a - b, t)).collect()
-            })
-            .collect();
-        let e: Vec<Vec<Fp>> = (0..l - 1)
-            .map(|i| yc[i].iter().zip(&u[i]).zip(&v[i]).map(|((&y, &u), &v)| y * u - v).collect())
-            .collect();
-        let mut ticket = header.to_bytes().to_vec();
-        let yc_refs: Vec<&[Fp]> = yc.iter().map(|v| v.as_slice()).collect();
-        let e_refs: Vec<&[Fp]> = e.iter().map(|v| v.as_slice()).collect();
-        write_body::<()>(&yc_refs, &e_refs, |b| {
-            ticket.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(ticket.len(), ticket_len(arch));
-        (ticket, ServerMaterial { s, u, v })
-    }
-
     #[test]
     fn shared_inference_matches_the_fixed_point_reference() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for chunk in [1usize, 13, 128] {
             let m = small_model(&mut rng);
             let arch = m.arch.clone();
-            let (ticket, material) = deal(&m, &mut rng);
+            let (ticket, material) = crate::dealer::deal(&m, &mut rng);
             let biases = m.maps.iter().map(|w| w.bias.iter().map(|&b| Fp::from_i64(b)).collect()).collect();
             let model = Arc::new(OnlineModel { arch: arch.clone(), layers: Direct(m.clone()), biases });
             let mut server = OnlineServer::new(model, material).unwrap();
@@ -391,7 +316,9 @@ mod tests {
             }
             assert!(server.is_done());
             assert_eq!(client.state(), ClientState::Done);
-            let (expect, bound) = reference_with_bound(&m, &x);
+            let trace = crate::model::FixedPointReference::trace_encoded(&m, x.clone()).unwrap();
+            let bound = crate::model::FixedPointReference::error_bound(&m, &x).unwrap();
+            let expect: Vec<i64> = trace.maps.last().unwrap().iter().map(|v| v.to_i64_centered()).collect();
             for ((got, want), b) in logits.iter().zip(&expect).zip(&bound) {
                 let got = got.to_i64_centered();
                 assert!((got - want).abs() <= *b, "logit {got} vs reference {want}, bound {b}");
