@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dealer;
 pub mod he;
 pub mod inference;
+pub mod linear;
 pub mod model;
 pub mod session;
 pub mod tickets;

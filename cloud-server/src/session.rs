@@ -58,10 +58,17 @@ impl LinearLayers for DirectLayers {
 }
 
 impl ServedModel {
-    /// Serve a merged model with the direct linear layers.
+    /// Serve a merged model with the lazy-reduction engine ([`crate::linear::LazyLayers`]), or
+    /// the direct loops if its weights exceed that engine's bound.
     pub fn from_merged(m: &crate::model::MergedModel) -> ServedModel {
         let biases = m.maps.iter().map(|w| w.bias.iter().map(|&b| Fp::from_i64(b)).collect()).collect();
-        let layers: ModelLayers = Box::new(DirectLayers(m.clone()));
+        let layers: ModelLayers = match crate::linear::LazyLayers::new(m.clone()) {
+            Ok(lazy) => Box::new(lazy),
+            Err(e) => {
+                tracing::warn!(model = %m.arch.model_id, error = %e, "using the direct linear layers");
+                Box::new(DirectLayers(m.clone()))
+            }
+        };
         ServedModel {
             arch: m.arch.clone(),
             hash: m.arch.hash(),
