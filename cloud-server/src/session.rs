@@ -20,12 +20,13 @@ use std::sync::Arc;
 
 use core_nostd::arch::Architecture;
 use core_nostd::wire::{
-    encode_frame, field_chunks, ErrorCode, FieldChunk, Message, RefuseReason, WireError, MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
+    blob_chunks, encode_frame, field_chunks, ErrorCode, FieldChunk, HeRound, Message, RefuseReason, TicketId,
+    WireError, MAX_FRAME_SIZE, PROTOCOL_VERSION,
 };
 use core_nostd::Fp;
 
 use crate::config::Limits;
+use crate::he::{HeModel, PrepStep, ServerPreprocessing};
 use crate::inference::{LinearLayers, OnlineError, OnlineModel, OnlineServer, ServerMaterial, ServerReply};
 use crate::tickets::{TicketError, TicketPayload, TicketStore};
 
@@ -44,6 +45,9 @@ pub struct ServedModel {
     pub arch: Architecture,
     pub hash: [u8; 32],
     pub online: Arc<OnlineModel<ModelLayers>>,
+    /// The HE half of preprocessing; `Err` (with the reason) if the model cannot be
+    /// preprocessed with HE, in which case ticket requests are refused with that reason.
+    pub he: Result<Arc<HeModel>, String>,
 }
 
 /// `W x` by direct loops over F_p ([`crate::model::merged::linear_reference`]): correct and
@@ -69,10 +73,15 @@ impl ServedModel {
                 Box::new(DirectLayers(m.clone()))
             }
         };
+        let he = HeModel::new(m).map(Arc::new).map_err(|e| {
+            tracing::warn!(model = %m.arch.model_id, error = %e, "no HE preprocessing for this model");
+            e.to_string()
+        });
         ServedModel {
             arch: m.arch.clone(),
             hash: m.arch.hash(),
             online: Arc::new(OnlineModel { arch: m.arch.clone(), layers, biases }),
+            he,
         }
     }
 }
@@ -130,6 +139,16 @@ impl From<OnlineError> for SessionError {
     }
 }
 
+impl From<he_bfv::HeError> for SessionError {
+    fn from(e: he_bfv::HeError) -> Self {
+        let code = match e {
+            he_bfv::HeError::Count { .. } => ErrorCode::BadChunk,
+            _ => ErrorCode::BadCiphertext,
+        };
+        SessionError::new(code, e.to_string())
+    }
+}
+
 impl From<TicketError> for SessionError {
     fn from(e: TicketError) -> Self {
         let code = match e {
@@ -155,6 +174,7 @@ enum Phase {
     AwaitHello,
     Ready { model: Arc<ServedModel> },
     Online { model: Arc<ServedModel>, machine: OnlineServer<ModelLayers> },
+    Preprocessing { model: Arc<ServedModel>, ticket_id: TicketId, prep: ServerPreprocessing },
     Closed,
 }
 
@@ -171,6 +191,7 @@ impl std::fmt::Debug for ServerSession {
             Phase::AwaitHello => "AwaitHello",
             Phase::Ready { .. } => "Ready",
             Phase::Online { .. } => "Online",
+            Phase::Preprocessing { .. } => "Preprocessing",
             Phase::Closed => "Closed",
         };
         f.debug_struct("ServerSession").field("phase", &phase).field("inferences", &self.inferences).finish()
@@ -190,6 +211,16 @@ pub fn push_frame(out: &mut Vec<u8>, msg: &Message<'_>) -> Result<(), WireError>
 enum Outgoing {
     ActivationDelta,
     OutputShare,
+}
+
+fn push_blobs(out: &mut Vec<u8>, round: HeRound, blobs: &[Vec<u8>]) -> Result<(), SessionError> {
+    let internal = |e: WireError| SessionError::new(ErrorCode::Internal, e.to_string());
+    for (i, blob) in blobs.iter().enumerate() {
+        for chunk in blob_chunks(round, i as u32, blob) {
+            push_frame(out, &Message::HeChunk(chunk)).map_err(internal)?;
+        }
+    }
+    push_frame(out, &Message::HeRoundEnd { round, blobs: blobs.len() as u32 }).map_err(internal)
 }
 
 fn push_vector(out: &mut Vec<u8>, layer: usize, values: &[Fp], kind: Outgoing) {
@@ -276,6 +307,49 @@ impl ServerSession {
                 let machine = OnlineServer::new(model.online.clone(), material)?;
                 let model = model.clone();
                 self.phase = Phase::Online { model, machine };
+                Ok(Flow::Continue)
+            }
+            (Phase::Ready { model }, Message::TicketRequest { model_id }) => {
+                if *model_id != model.arch.model_id.as_str() {
+                    return Err(SessionError::new(
+                        ErrorCode::UnknownModel,
+                        "ticket requested for another model than the handshake's",
+                    ));
+                }
+                let he = model.he.clone().map_err(|reason| {
+                    SessionError::new(ErrorCode::Internal, format!("no HE preprocessing: {reason}"))
+                })?;
+                let mut id = [0u8; 16];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+                let ticket_id = TicketId(id);
+                push_frame(out, &Message::TicketGranted { ticket_id })
+                    .map_err(|e| SessionError::new(ErrorCode::Internal, e.to_string()))?;
+                let model = model.clone();
+                self.phase = Phase::Preprocessing { model, ticket_id, prep: ServerPreprocessing::new(he) };
+                Ok(Flow::Continue)
+            }
+            (Phase::Preprocessing { prep, .. }, Message::HeChunk(chunk)) => {
+                prep.on_chunk(chunk)?;
+                Ok(Flow::Continue)
+            }
+            (Phase::Preprocessing { prep, .. }, Message::HeRoundEnd { round, blobs }) => {
+                let step = prep.on_round_end(*round, *blobs)?;
+                let (round, replies, material) = match step {
+                    PrepStep::Reply { round, blobs } => (round, blobs, None),
+                    PrepStep::Finished { round, blobs, material } => (round, blobs, Some(material)),
+                };
+                if let Some(material) = material {
+                    let Phase::Preprocessing { model, ticket_id, .. } =
+                        std::mem::replace(&mut self.phase, Phase::Closed)
+                    else {
+                        unreachable!("phase checked above");
+                    };
+                    // Stored before the last reply leaves: once the client has its half, the
+                    // server's half exists.
+                    self.state.tickets.insert(ticket_id.0, model.hash, material)?;
+                    self.phase = Phase::Ready { model };
+                }
+                push_blobs(out, round, &replies)?;
                 Ok(Flow::Continue)
             }
             (Phase::Online { .. }, Message::MaskedInput(chunk) | Message::MaskedActivation(chunk)) => {

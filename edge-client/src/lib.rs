@@ -1,4 +1,5 @@
 //! `edge-client`: the client of the private-inference protocol on a host (std).
 pub mod online;
+pub mod preprocess;
 pub mod tickets;
 pub mod transport;

@@ -6,10 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cloud_server::config::Limits;
+use cloud_server::he::{HeModel, PrepStep, ServerPreprocessing};
+use cloud_server::inference::ServerMaterial;
 use cloud_server::model::merged::weight_count;
 use cloud_server::model::{AffineWeights, MergedModel};
 use cloud_server::session::{ServedModel, ServerState};
 use core_nostd::arch::{AffineSpec, Architecture, LinearKind, Shape};
+use core_nostd::wire::{blob_chunks, HeRound};
+use core_nostd::Fp;
+use edge_client::preprocess::ClientPreprocessing;
 use rand::Rng;
 
 /// A small random model: conv (stride 2, padding) -> square -> dense -> square -> dense.
@@ -67,4 +72,66 @@ impl TestServer {
             cloud_server::daemon::LocalDaemon::start(state.clone()).expect("start the loopback daemon");
         TestServer { addr: daemon.addr, state, _daemon: daemon }
     }
+}
+
+/// The values of a ticket, split per layer: `(yc_i for every map, e_i for every square layer)`.
+pub fn ticket_values(arch: &Architecture, ticket: &[u8]) -> (Vec<Vec<Fp>>, Vec<Vec<Fp>>) {
+    use core_nostd::ticket::{SliceBody, TicketBody};
+    let mut body = SliceBody::of_ticket(ticket).expect("a whole ticket");
+    let l = arch.maps.len();
+    let (mut yc, mut e) = (Vec::new(), Vec::new());
+    for map in &arch.maps[..l - 1] {
+        let len = map.kind.output_len();
+        let mut pairs = vec![Fp::ZERO; 2 * len];
+        body.read(&mut pairs).expect("ticket body");
+        yc.push(pairs.iter().step_by(2).copied().collect());
+        e.push(pairs.iter().skip(1).step_by(2).copied().collect());
+    }
+    let mut last = vec![Fp::ZERO; arch.maps[l - 1].kind.output_len()];
+    body.read(&mut last).expect("ticket body");
+    yc.push(last);
+    (yc, e)
+}
+
+/// Runs HE preprocessing for one ticket in process (client and server state machines, blobs
+/// through the chunk reassembly as on the wire): the client's ticket and the server's material.
+pub fn preprocess_in_process(
+    he: &Arc<HeModel>,
+    arch: &Architecture,
+    rng: &mut impl rand::CryptoRng,
+) -> (Vec<u8>, ServerMaterial) {
+    let ticket_id = [7u8; 16];
+    let mut server = ServerPreprocessing::new(he.clone());
+    let (mut client, blobs) = ClientPreprocessing::new(arch, ticket_id, rng).expect("client round 1");
+    let replies = match exchange(&mut server, HeRound::MaskCiphertexts, &blobs) {
+        PrepStep::Reply { round: HeRound::LinearResults, blobs } => blobs,
+        other => panic!("expected linear results, got {other:?}"),
+    };
+    let blobs =
+        client.on_linear_results(&reassemble(HeRound::LinearResults, &replies), rng).expect("client round 3");
+    let (replies, material) = match exchange(&mut server, HeRound::ActivationCiphertexts, &blobs) {
+        PrepStep::Finished { round: HeRound::ProductResults, blobs, material } => (blobs, material),
+        other => panic!("expected product results, got {other:?}"),
+    };
+    let ticket = client.on_product_results(&reassemble(HeRound::ProductResults, &replies)).expect("ticket");
+    (ticket, material)
+}
+
+fn exchange(server: &mut ServerPreprocessing, round: HeRound, blobs: &[Vec<u8>]) -> PrepStep {
+    for (i, b) in blobs.iter().enumerate() {
+        for c in blob_chunks(round, i as u32, b) {
+            server.on_chunk(&c).expect("server takes the chunk");
+        }
+    }
+    server.on_round_end(round, blobs.len() as u32).expect("server round")
+}
+
+fn reassemble(round: HeRound, blobs: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut a = he_bfv::BlobAssembler::new(round, blobs.len());
+    for (i, b) in blobs.iter().enumerate() {
+        for c in blob_chunks(round, i as u32, b) {
+            a.push(&c).expect("reassembly");
+        }
+    }
+    a.finish(blobs.len() as u32).expect("whole round")
 }
