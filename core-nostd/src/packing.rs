@@ -140,11 +140,25 @@ impl LinearPacking {
     /// The layout with the fewest ciphertexts moved for ring degree `n`, or `None` if even one
     /// input channel does not fit (`h w` too large: split spatially, not supported).
     pub fn plan(kind: &LinearKind, n: usize) -> Option<LinearPacking> {
+        Self::plan_with_costs(kind, n, 1, 1)
+    }
+
+    /// The layout that moves the fewest bytes when an input ciphertext costs `input_cost` and an
+    /// output ciphertext `output_cost` (ties: fewer products). An upload and a download
+    /// ciphertext need not cost the same: the HE codec decides.
+    pub fn plan_with_costs(
+        kind: &LinearKind,
+        n: usize,
+        input_cost: usize,
+        output_cost: usize,
+    ) -> Option<LinearPacking> {
         let c_in = kind.input_len() / kind_hw(kind).max(1);
         let mut best: Option<LinearPacking> = None;
         for cg in 1..=c_in {
             let Some(p) = Self::with_groups(kind, n, cg) else { continue };
-            let key = |p: &LinearPacking| (p.input_ciphertexts() + p.output_ciphertexts(), p.products());
+            let key = |p: &LinearPacking| {
+                (p.input_ciphertexts() * input_cost + p.output_ciphertexts() * output_cost, p.products())
+            };
             if best.as_ref().is_none_or(|b| key(&p) < key(b)) {
                 best = Some(p);
             }

@@ -1,9 +1,13 @@
 //! `edge-client`: the private-inference client on a host.
 //!
 //! * `edge-client demo` runs everything in one process: an embedded server on loopback with a
-//!   bundled model, one ticket, one private inference of a bundled Fashion-MNIST image.
+//!   bundled model, HE preprocessing of one ticket, one private inference of a bundled
+//!   Fashion-MNIST image.
+//! * `edge-client preprocess --server ADDR --model ID --tickets N` stores N tickets in the wallet.
 //! * `edge-client infer --server ADDR --model ID --idx FILE --index K` runs one private
 //!   inference against a running `cloud-server serve`, with a ticket from the wallet.
+//! * `edge-client eval --server ADDR --model ID --data DIR` runs private inference over a test
+//!   set (one fresh ticket per image) and prints the accuracy.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +21,7 @@ use core_nostd::arch::Architecture;
 use core_nostd::fixed_point::encode_pixel;
 use core_nostd::Fp;
 use edge_client::online::infer;
+use edge_client::preprocess::preprocess;
 use edge_client::tickets::{Ticket, TicketWallet};
 use edge_client::transport::Connection;
 
@@ -58,6 +63,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make tickets with HE preprocessing against a running server and store them in the wallet.
+    Preprocess {
+        /// Server address, e.g. 127.0.0.1:7878.
+        #[arg(long)]
+        server: String,
+        /// Model id.
+        #[arg(long)]
+        model: String,
+        /// Number of tickets.
+        #[arg(long, default_value_t = 1)]
+        tickets: usize,
+        /// Ticket wallet directory.
+        #[arg(long, default_value = "tickets")]
+        wallet: PathBuf,
+    },
+    /// Private inference over a test set: accuracy (and agreement with the plaintext fixed-point
+    /// reference if you own the model file).
+    Eval {
+        /// Server address.
+        #[arg(long)]
+        server: String,
+        /// Model id.
+        #[arg(long)]
+        model: String,
+        /// Directory with the Fashion-MNIST t10k IDX files (plain or .gz).
+        #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+        data: PathBuf,
+        /// Evaluate only the first N images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The model's ONNX file (with its .quant.json), to report agreement with the
+        /// fixed-point reference; only the model's owner has it.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+    },
     /// One private inference against a running server, with a ticket from the wallet.
     Infer {
         /// Server address, e.g. 127.0.0.1:7878.
@@ -89,6 +129,12 @@ fn main() -> ExitCode {
         Command::Demo { model, idx, index, json } => demo(&model, idx.as_deref(), index, json),
         Command::Infer { server, model, idx, index, wallet, json } => {
             infer_cmd(&server, &model, &idx, index, &wallet, json)
+        }
+        Command::Preprocess { server, model, tickets, wallet } => {
+            preprocess_cmd(&server, &model, tickets, &wallet)
+        }
+        Command::Eval { server, model, data, limit, reference } => {
+            eval_cmd(&server, &model, &data, limit, reference.as_deref())
         }
     };
     match result {
@@ -136,7 +182,6 @@ struct Outcome {
     online_bytes: (u64, u64),
     reference: Option<Vec<Fp>>,
     truth: Option<u8>,
-    dealer: bool,
 }
 
 fn report(model: &str, o: &Outcome, json: bool) {
@@ -170,7 +215,7 @@ fn report(model: &str, o: &Outcome, json: bool) {
             "reference_label": ref_label,
             "max_abs_diff_to_reference_ulp": max_diff,
             "preprocessing": {
-                "method": if o.dealer { "insecure-trusted-dealer" } else { "he" },
+                "method": "he",
                 "ms": o.preprocess.as_secs_f64() * 1e3,
                 "bytes_sent": o.preprocess_bytes.0,
                 "bytes_received": o.preprocess_bytes.1,
@@ -196,9 +241,8 @@ fn report(model: &str, o: &Outcome, json: bool) {
     if let (Some(r), Some(d)) = (ref_label, max_diff) {
         println!("reference    plaintext fixed-point label {r}; max |logit difference| {d} ulp");
     }
-    let method = if o.dealer { "INSECURE trusted dealer" } else { "HE" };
     println!(
-        "preprocess   {:>8.2} ms  sent {:>9} B  received {:>9} B  ({method})",
+        "preprocess   {:>8.2} ms  sent {:>9} B  received {:>9} B  (HE, input-independent)",
         o.preprocess.as_secs_f64() * 1e3,
         o.preprocess_bytes.0,
         o.preprocess_bytes.1
@@ -222,36 +266,27 @@ fn demo(model_id: &str, idx_path: Option<&Path>, index: usize, json: bool) -> Re
     let state = Arc::new(ServerState::new(vec![ServedModel::from_merged(&merged)], Default::default()));
     let daemon = cloud_server::daemon::LocalDaemon::start(state.clone())?;
 
-    // Preprocessing. The HE stage is not implemented yet: the embedded server acts as a trusted
-    // dealer, which is NOT private (it knows the client's masks). Say so loudly.
-    if !json {
-        eprintln!("WARNING: preprocessing uses an insecure trusted dealer (HE preprocessing is not implemented yet);");
-        eprintln!("         the online phase below is the real protocol, but this run is not private.");
-    }
-    let start = Instant::now();
-    let (ticket_bytes, material) = cloud_server::dealer::deal(&merged, &mut rand::rng());
-    let header = core_nostd::ticket::TicketHeader::from_bytes(&ticket_bytes).map_err(|e| e.to_string())?;
-    state.tickets.insert(header.ticket_id, merged.arch.hash(), material)?;
-    let ticket = Ticket { header, bytes: ticket_bytes };
-    let preprocess = start.elapsed();
-
-    let start = Instant::now();
     let mut conn = Connection::connect(daemon.addr, IO_TIMEOUT)?;
     let arch = conn.hello(model_id, Some(merged.arch.hash()))?;
+    let (ticket_bytes, stats) = preprocess(&mut conn, &arch, &mut rand::rng())?;
+    let header = core_nostd::ticket::TicketHeader::from_bytes(&ticket_bytes).map_err(|e| e.to_string())?;
+    let ticket = Ticket { header, bytes: ticket_bytes };
+
+    let before = conn.traffic();
+    let start = Instant::now();
     let logits = infer(&mut conn, &arch, &ticket, &input)?;
     let online = start.elapsed();
-    let t = conn.traffic();
+    let t = conn.traffic() - before;
     let reference = FixedPointReference::trace_encoded(&merged, input)?.maps.pop();
     let outcome = Outcome {
         logits,
         frac_bits: arch.frac_bits,
-        preprocess,
-        preprocess_bytes: (0, 0),
+        preprocess: Duration::from_secs_f64(stats.total_seconds),
+        preprocess_bytes: (stats.bytes_sent, stats.bytes_received),
         online,
         online_bytes: (t.sent, t.received),
         reference,
         truth,
-        dealer: true,
     };
     report(model_id, &outcome, json);
     Ok(())
@@ -272,7 +307,7 @@ fn infer_cmd(
     let wallet = TicketWallet::open(wallet, model_id)?;
     let ticket = wallet.take(&arch)?.ok_or_else(|| {
         format!(
-            "no ticket for {model_id} in {}: tickets come from HE preprocessing, not implemented yet",
+            "no ticket for {model_id} in {}: make some with `edge-client preprocess --server {server} --model {model_id}`",
             wallet.dir().display()
         )
     })?;
@@ -288,8 +323,97 @@ fn infer_cmd(
         online_bytes: (t.sent, t.received),
         reference: None,
         truth,
-        dealer: false,
     };
     report(model_id, &outcome, json);
+    Ok(())
+}
+
+fn preprocess_cmd(server: &str, model_id: &str, tickets: usize, wallet: &Path) -> Res<()> {
+    let mut conn = Connection::connect(server, IO_TIMEOUT)?;
+    let arch = conn.hello(model_id, None)?;
+    let wallet = TicketWallet::open(wallet, model_id)?;
+    let bar = indicatif::ProgressBar::new(tickets as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} tickets  {elapsed} ({eta} left)  {msg}",
+    )?);
+    let (mut sent, mut received) = (0u64, 0u64);
+    for _ in 0..tickets {
+        let (bytes, stats) = preprocess(&mut conn, &arch, &mut rand::rng())?;
+        wallet.store(&arch, &bytes)?;
+        sent += stats.bytes_sent;
+        received += stats.bytes_received;
+        bar.set_message(format!("{:.0} ms/ticket", stats.total_seconds * 1e3));
+        bar.inc(1);
+    }
+    bar.finish();
+    eprintln!(
+        "stored {tickets} tickets in {} ({} in the wallet); sent {} KB, received {} KB",
+        wallet.dir().display(),
+        wallet.count()?,
+        sent / 1024,
+        received / 1024
+    );
+    Ok(())
+}
+
+/// The first file in `dir` whose name contains `pattern`.
+fn find_in(dir: &Path, pattern: &str) -> Res<PathBuf> {
+    let mut hits: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(pattern)))
+        .collect();
+    hits.sort();
+    hits.into_iter().next().ok_or_else(|| format!("no file matching *{pattern}* in {}", dir.display()).into())
+}
+
+fn eval_cmd(
+    server: &str,
+    model_id: &str,
+    data: &Path,
+    limit: Option<usize>,
+    reference: Option<&Path>,
+) -> Res<()> {
+    let images = idx::read_images(&find_in(data, "t10k-images")?)?;
+    let labels = idx::read_labels(&find_in(data, "t10k-labels")?)?;
+    let owner_model = reference.map(|p| cloud_server::model::load_calibrated(p, model_id)).transpose()?;
+    let count = limit.unwrap_or(images.len()).min(images.len()).min(labels.len());
+    let mut conn = Connection::connect(server, IO_TIMEOUT)?;
+    let arch = conn.hello(model_id, owner_model.as_ref().map(|m| m.merged.arch.hash()))?;
+    let bar = indicatif::ProgressBar::new(count as u64);
+    let (mut correct, mut agree) = (0usize, 0usize);
+    let (mut pre, mut online) = (Duration::ZERO, Duration::ZERO);
+    for k in 0..count {
+        let pixels = images.pixels(k).ok_or("image index")?;
+        let input = encode(&arch, pixels)?;
+        let t = Instant::now();
+        let (bytes, _) = preprocess(&mut conn, &arch, &mut rand::rng())?;
+        pre += t.elapsed();
+        let header = core_nostd::ticket::TicketHeader::from_bytes(&bytes).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let logits = infer(&mut conn, &arch, &Ticket { header, bytes }, &input)?;
+        online += t.elapsed();
+        let got: Vec<i64> = logits.iter().map(|v| v.to_i64_centered()).collect();
+        let label = cloud_server::model::reference::argmax(&got);
+        correct += usize::from(label == usize::from(labels[k]));
+        if let Some(m) = &owner_model {
+            let want = FixedPointReference::trace_encoded(&m.merged, input)?.maps.pop().unwrap_or_default();
+            let want: Vec<i64> = want.iter().map(|v| v.to_i64_centered()).collect();
+            agree += usize::from(label == cloud_server::model::reference::argmax(&want));
+        }
+        bar.set_message(format!("accuracy {:.2} %", 100.0 * correct as f64 / (k + 1) as f64));
+        bar.inc(1);
+    }
+    bar.finish();
+    let mut v = serde_json::json!({
+        "model": model_id,
+        "images": count,
+        "accuracy": correct as f64 / count.max(1) as f64,
+        "preprocessing_ms_per_image": pre.as_secs_f64() * 1e3 / count.max(1) as f64,
+        "online_ms_per_image": online.as_secs_f64() * 1e3 / count.max(1) as f64,
+    });
+    if owner_model.is_some() {
+        v["agreement_with_fixed_point_reference"] = serde_json::json!(agree as f64 / count.max(1) as f64);
+    }
+    println!("{v}");
     Ok(())
 }

@@ -13,6 +13,12 @@ use core_nostd::packing::{activation_ciphertexts, LinearPacking};
 
 use crate::HeError;
 
+/// Relative size of an uploaded ciphertext (fresh, level 0: 3 residues of 8 bytes per
+/// coefficient) and a downloaded one (compact: `c1` at 11 bytes per coefficient, `c0` only where
+/// outputs are): the packing is chosen to move the fewest bytes.
+pub const UPLOAD_CIPHERTEXT_COST: usize = 24;
+pub const DOWNLOAD_CIPHERTEXT_COST: usize = 12;
+
 /// The packing of every map of a model and the counts of every round.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -30,7 +36,15 @@ impl Layout {
         let maps = arch
             .maps
             .iter()
-            .map(|m| LinearPacking::plan(&m.kind, degree).ok_or(HeError::DoesNotFit))
+            .map(|m| {
+                LinearPacking::plan_with_costs(
+                    &m.kind,
+                    degree,
+                    UPLOAD_CIPHERTEXT_COST,
+                    DOWNLOAD_CIPHERTEXT_COST,
+                )
+                .ok_or(HeError::DoesNotFit)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let c0_positions = arch
             .maps
