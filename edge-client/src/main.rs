@@ -382,7 +382,7 @@ fn eval_cmd(
     let bar = indicatif::ProgressBar::new(count as u64);
     let (mut correct, mut agree) = (0usize, 0usize);
     let (mut pre, mut online) = (Duration::ZERO, Duration::ZERO);
-    for k in 0..count {
+    for (k, &truth) in labels.iter().enumerate().take(count) {
         let pixels = images.pixels(k).ok_or("image index")?;
         let input = encode(&arch, pixels)?;
         let t = Instant::now();
@@ -394,7 +394,7 @@ fn eval_cmd(
         online += t.elapsed();
         let got: Vec<i64> = logits.iter().map(|v| v.to_i64_centered()).collect();
         let label = cloud_server::model::reference::argmax(&got);
-        correct += usize::from(label == usize::from(labels[k]));
+        correct += usize::from(label == usize::from(truth));
         if let Some(m) = &owner_model {
             let want = FixedPointReference::trace_encoded(&m.merged, input)?.maps.pop().unwrap_or_default();
             let want: Vec<i64> = want.iter().map(|v| v.to_i64_centered()).collect();

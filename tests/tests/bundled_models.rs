@@ -2,8 +2,8 @@
 //! the ONNX file, the committed fixed-point parameters, and private inference over loopback TCP
 //! on the 200 committed Fashion-MNIST test images against the fixed-point reference.
 //!
-//! Tickets come from the insecure trusted dealer (`cloud_server::dealer`) until HE
-//! preprocessing lands: the online phase tested here is the real one.
+//! Every inference uses a ticket made by HE preprocessing over the same connection: the whole
+//! protocol, as deployed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,9 +12,10 @@ use cloud_server::config::Limits;
 use cloud_server::model::{idx, load_calibrated, reference::argmax, FixedPointReference};
 use cloud_server::session::ServedModel;
 use edge_client::online::infer;
+use edge_client::preprocess::preprocess;
 use edge_client::tickets::Ticket;
 use edge_client::transport::Connection;
-use integration_tests::{deal, TestServer};
+use integration_tests::TestServer;
 use rand::SeedableRng;
 use tract_onnx::prelude::*;
 
@@ -81,9 +82,8 @@ fn private_inference_of_the_bundled_models_matches_the_reference_on_200_images()
         let arch = conn.hello(id, Some(merged.arch.hash())).unwrap();
         let (mut agree, mut correct) = (0, 0);
         for (k, &truth) in labels.iter().enumerate() {
-            let (bytes, material) = deal(&merged, &mut rng);
+            let (bytes, _) = preprocess(&mut conn, &arch, &mut rng).unwrap();
             let header = core_nostd::ticket::TicketHeader::from_bytes(&bytes).unwrap();
-            server.state.tickets.insert(header.ticket_id, merged.arch.hash(), material).unwrap();
             let ticket = Ticket { header, bytes };
             let input = FixedPointReference::encode_pixels(&merged, images.pixels(k).unwrap());
             let logits = infer(&mut conn, &arch, &ticket, &input).unwrap();
