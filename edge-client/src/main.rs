@@ -38,6 +38,8 @@ const CLASSES: [&str; 10] = [
     "Ankle boot",
 ];
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// `eval` reconnects after this many images (a server caps a connection's lifetime).
+const IMAGES_PER_CONNECTION: usize = 100;
 
 #[derive(Parser)]
 #[command(name = "edge-client", version, about = "Private CNN inference client")]
@@ -377,12 +379,18 @@ fn eval_cmd(
     let labels = idx::read_labels(&find_in(data, "t10k-labels")?)?;
     let owner_model = reference.map(|p| cloud_server::model::load_calibrated(p, model_id)).transpose()?;
     let count = limit.unwrap_or(images.len()).min(images.len()).min(labels.len());
+    let pin = owner_model.as_ref().map(|m| m.merged.arch.hash());
     let mut conn = Connection::connect(server, IO_TIMEOUT)?;
-    let arch = conn.hello(model_id, owner_model.as_ref().map(|m| m.merged.arch.hash()))?;
+    let arch = conn.hello(model_id, pin)?;
     let bar = indicatif::ProgressBar::new(count as u64);
     let (mut correct, mut agree) = (0usize, 0usize);
     let (mut pre, mut online) = (Duration::ZERO, Duration::ZERO);
     for (k, &truth) in labels.iter().enumerate().take(count) {
+        if k > 0 && k % IMAGES_PER_CONNECTION == 0 {
+            // Stay well inside the server's session lifetime limit.
+            conn = Connection::connect(server, IO_TIMEOUT)?;
+            conn.hello(model_id, Some(arch.hash()))?;
+        }
         let pixels = images.pixels(k).ok_or("image index")?;
         let input = encode(&arch, pixels)?;
         let t = Instant::now();

@@ -363,11 +363,27 @@ mod tests {
         let mut other = blob.clone();
         other[5] = BlobKind::Compact as u8;
         assert!(matches!(decode_fresh(&other, key, &par), Err(HeError::WrongKind { .. })));
-        for i in 0..200 {
+        // Hostile bodies: bit flips in the protobuf framing and anywhere else, random bytes,
+        // random lengths. Any result is fine but a panic.
+        for i in 0..400 {
             let mut bad = blob.clone();
-            let k = rng.random_range(HEADER_LEN..bad.len().min(HEADER_LEN + 64));
+            let k = if i % 2 == 0 {
+                rng.random_range(HEADER_LEN..bad.len().min(HEADER_LEN + 64))
+            } else {
+                rng.random_range(HEADER_LEN..bad.len())
+            };
             bad[k] ^= 1 << (i % 8);
+            if i % 5 == 0 {
+                let len = rng.random_range(HEADER_LEN..bad.len());
+                bad.truncate(len);
+            }
             let _ = decode_fresh(&bad, key, &par);
+        }
+        for len in [0usize, 1, 7, 100, 5000, 200_000] {
+            let mut junk = blob[..HEADER_LEN].to_vec();
+            junk.extend((0..len).map(|_| rng.random::<u8>()));
+            let _ = decode_fresh(&junk, key, &par);
+            let _ = decode_compact(&junk, key, &par, None);
         }
     }
 
