@@ -1,9 +1,8 @@
 //! A trusted dealer: makes matching client and server tickets IN THE CLEAR.
 //!
-//! **Insecure by construction**: whoever runs it knows the client's masks `r_i`, so the server
-//! could unmask the client's input. It exists to test and demonstrate the online phase while
-//! the HE preprocessing (which produces exactly the same values without anyone learning both
-//! halves) is not available; the demo prints a warning whenever it is used. Never deploy it.
+//! **Insecure by construction** and compiled only for this crate's unit tests: whoever runs it
+//! knows the client's masks `r_i`. It lets the online engine's tests run without HE; every
+//! cross-crate test and the demo use real HE preprocessing (`crate::he`).
 
 use core_nostd::mask::MaskStream;
 use core_nostd::ticket::{write_body, TicketHeader};

@@ -7,7 +7,8 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod dealer;
+#[cfg(test)]
+mod dealer;
 pub mod he;
 pub mod inference;
 pub mod linear;

@@ -183,6 +183,8 @@ pub struct ServerSession {
     state: Arc<ServerState>,
     phase: Phase,
     inferences: u64,
+    /// Tickets preprocessed on this connection (bounded by `Limits::max_tickets_per_session`).
+    tickets_made: u32,
 }
 
 impl std::fmt::Debug for ServerSession {
@@ -238,7 +240,7 @@ fn push_vector(out: &mut Vec<u8>, layer: usize, values: &[Fp], kind: Outgoing) {
 
 impl ServerSession {
     pub fn new(state: Arc<ServerState>) -> ServerSession {
-        ServerSession { state, phase: Phase::AwaitHello, inferences: 0 }
+        ServerSession { state, phase: Phase::AwaitHello, inferences: 0, tickets_made: 0 }
     }
 
     /// Completed inferences on this connection.
@@ -316,6 +318,13 @@ impl ServerSession {
                         "ticket requested for another model than the handshake's",
                     ));
                 }
+                if self.tickets_made >= self.state.limits.max_tickets_per_session {
+                    return Err(SessionError::new(
+                        ErrorCode::ResourceExhausted,
+                        "ticket limit of this connection reached",
+                    ));
+                }
+                self.tickets_made += 1;
                 let he = model.he.clone().map_err(|reason| {
                     SessionError::new(ErrorCode::Internal, format!("no HE preprocessing: {reason}"))
                 })?;

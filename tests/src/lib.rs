@@ -1,6 +1,5 @@
 //! Helpers shared by the cross-crate integration tests in `tests/tests/`: an in-process daemon on
-//! loopback, and a trusted dealer that makes matching client/server tickets in the clear (used
-//! to test the online phase and the daemon independently of HE preprocessing).
+//! loopback, small random models, in-process HE preprocessing and ticket parsing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,8 +54,6 @@ pub fn random_model(id: &str, rng: &mut impl Rng) -> MergedModel {
 pub fn served(m: &MergedModel) -> ServedModel {
     ServedModel::from_merged(m)
 }
-
-pub use cloud_server::dealer::deal;
 
 /// A daemon on loopback serving `models` with `limits`.
 pub struct TestServer {

@@ -1,5 +1,5 @@
 //! The online phase end to end over loopback TCP: the real tokio daemon, the real host client
-//! (driving the core-nostd state machine), tickets from the trusted dealer.
+//! (driving the core-nostd state machine), tickets from HE preprocessing.
 
 use std::time::Duration;
 
@@ -8,16 +8,29 @@ use cloud_server::model::FixedPointReference;
 use core_nostd::wire::{ErrorCode, RefuseReason};
 use core_nostd::Fp;
 use edge_client::online::{infer, OnlineError};
+use edge_client::preprocess::preprocess;
 use edge_client::tickets::Ticket;
 use edge_client::transport::{Connection, TransportError};
-use integration_tests::{deal, random_model, served, TestServer};
+use integration_tests::{random_model, served, TestServer};
 use rand::{Rng, SeedableRng};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn ticket(bytes: Vec<u8>) -> Ticket {
-    let header = core_nostd::ticket::TicketHeader::from_bytes(&bytes).expect("dealer header");
+    let header = core_nostd::ticket::TicketHeader::from_bytes(&bytes).expect("ticket header");
     Ticket { header, bytes }
+}
+
+/// `count` tickets for `model_id`, made by HE preprocessing on one connection.
+fn make_tickets(
+    server: &TestServer,
+    model_id: &str,
+    count: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<Ticket> {
+    let mut conn = Connection::connect(server.addr, IO_TIMEOUT).expect("connect");
+    let arch = conn.hello(model_id, None).expect("hello");
+    (0..count).map(|_| ticket(preprocess(&mut conn, &arch, rng).expect("preprocessing").0)).collect()
 }
 
 #[test]
@@ -27,13 +40,7 @@ fn private_inference_over_tcp_matches_the_reference_and_tickets_are_single_use()
     let b = random_model("model-b", &mut rng);
     let server = TestServer::start(vec![served(&a), served(&b)], Limits::default());
 
-    let mut tickets = Vec::new();
-    for _ in 0..4 {
-        let (client, material) = deal(&a, &mut rng);
-        let t = ticket(client);
-        server.state.tickets.insert(t.header.ticket_id, a.arch.hash(), material).expect("store");
-        tickets.push(t);
-    }
+    let tickets = make_tickets(&server, "model-a", 4, &mut rng);
     let inputs: Vec<Vec<Fp>> = (0..4)
         .map(|_| (0..a.arch.input_len()).map(|_| Fp::from_i64(rng.random_range(0..=256))).collect())
         .collect();
@@ -68,9 +75,7 @@ fn private_inference_over_tcp_matches_the_reference_and_tickets_are_single_use()
     }
 
     // A ticket of model b used under model a is refused (the server binds tickets to a model).
-    let (client_b, material_b) = deal(&b, &mut rng);
-    let tb = ticket(client_b);
-    server.state.tickets.insert(tb.header.ticket_id, b.arch.hash(), material_b).unwrap();
+    let tb = make_tickets(&server, "model-b", 1, &mut rng).remove(0);
     let mut conn = Connection::connect(server.addr, IO_TIMEOUT).unwrap();
     let arch_a = conn.hello("model-a", None).unwrap();
     let mut forged = tb;
