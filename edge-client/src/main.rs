@@ -108,12 +108,15 @@ enum Command {
         /// Model id.
         #[arg(long)]
         model: String,
-        /// IDX file of 28x28 images.
-        #[arg(long)]
-        idx: PathBuf,
-        /// Image index.
-        #[arg(long)]
+        /// IDX file of 28x28 images (with --index).
+        #[arg(long, required_unless_present = "raw", conflicts_with = "raw")]
+        idx: Option<PathBuf>,
+        /// Image index in the IDX file.
+        #[arg(long, default_value_t = 0)]
         index: usize,
+        /// A raw image instead: one byte per pixel, row-major, exactly the model's input size.
+        #[arg(long)]
+        raw: Option<PathBuf>,
         /// Ticket wallet directory.
         #[arg(long, default_value = "tickets")]
         wallet: PathBuf,
@@ -129,8 +132,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { model, idx, index, json } => demo(&model, idx.as_deref(), index, json),
-        Command::Infer { server, model, idx, index, wallet, json } => {
-            infer_cmd(&server, &model, &idx, index, &wallet, json)
+        Command::Infer { server, model, idx, index, raw, wallet, json } => {
+            let image = match (raw, idx) {
+                (Some(raw), _) => Image::Raw(raw),
+                (None, Some(idx)) => Image::Idx(idx, index),
+                (None, None) => Image::Idx(PathBuf::new(), index),
+            };
+            infer_cmd(&server, &model, &image, &wallet, json)
         }
         Command::Preprocess { server, model, tickets, wallet } => {
             preprocess_cmd(&server, &model, tickets, &wallet)
@@ -243,12 +251,16 @@ fn report(model: &str, o: &Outcome, json: bool) {
     if let (Some(r), Some(d)) = (ref_label, max_diff) {
         println!("reference    plaintext fixed-point label {r}; max |logit difference| {d} ulp");
     }
-    println!(
-        "preprocess   {:>8.2} ms  sent {:>9} B  received {:>9} B  (HE, input-independent)",
-        o.preprocess.as_secs_f64() * 1e3,
-        o.preprocess_bytes.0,
-        o.preprocess_bytes.1
-    );
+    if o.preprocess_bytes == (0, 0) {
+        println!("preprocess   done earlier (ticket from the wallet)");
+    } else {
+        println!(
+            "preprocess   {:>8.2} ms  sent {:>9} B  received {:>9} B  (HE, input-independent)",
+            o.preprocess.as_secs_f64() * 1e3,
+            o.preprocess_bytes.0,
+            o.preprocess_bytes.1
+        );
+    }
     println!(
         "online       {:>8.2} ms  sent {:>9} B  received {:>9} B  (1 round trip per square layer)",
         o.online.as_secs_f64() * 1e3,
@@ -294,15 +306,17 @@ fn demo(model_id: &str, idx_path: Option<&Path>, index: usize, json: bool) -> Re
     Ok(())
 }
 
-fn infer_cmd(
-    server: &str,
-    model_id: &str,
-    idx_path: &Path,
-    index: usize,
-    wallet: &Path,
-    json: bool,
-) -> Res<()> {
-    let (pixels, truth) = load_image(idx_path, index)?;
+/// Where `infer` reads its input.
+enum Image {
+    Idx(PathBuf, usize),
+    Raw(PathBuf),
+}
+
+fn infer_cmd(server: &str, model_id: &str, image: &Image, wallet: &Path, json: bool) -> Res<()> {
+    let (pixels, truth) = match image {
+        Image::Idx(path, index) => load_image(path, *index)?,
+        Image::Raw(path) => (std::fs::read(path)?, None),
+    };
     let start = Instant::now();
     let mut conn = Connection::connect(server, IO_TIMEOUT)?;
     let arch = conn.hello(model_id, None)?;
