@@ -399,3 +399,136 @@ impl ServerSession {
         Ok(Flow::Continue)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::merged::weight_count;
+    use crate::model::{AffineWeights, MergedModel};
+    use core_nostd::arch::{AffineSpec, LinearKind, Shape};
+    use core_nostd::wire::{blob_chunks, BlobChunk, FieldElems, FrameDecoder};
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn state() -> Arc<ServerState> {
+        static STATE: OnceLock<Arc<ServerState>> = OnceLock::new();
+        STATE
+            .get_or_init(|| {
+                let input = Shape::new(1, 4, 4);
+                let kinds = [
+                    LinearKind::Conv2d {
+                        input,
+                        out_channels: 2,
+                        kernel_h: 3,
+                        kernel_w: 3,
+                        stride_h: 1,
+                        stride_w: 1,
+                        pad_h: 1,
+                        pad_w: 1,
+                    },
+                    LinearKind::Dense { inputs: 32, outputs: 3 },
+                ];
+                let mut maps = heapless::Vec::new();
+                let mut weights = Vec::new();
+                for kind in kinds {
+                    let _ = maps.push(AffineSpec { kind, truncate_bits: 3 });
+                    weights.push(AffineWeights {
+                        weights: (0..weight_count(&kind)).map(|k| (k as i64 % 7) - 3).collect(),
+                        bias: vec![1; kind.output_len()],
+                    });
+                }
+                let arch = Architecture {
+                    model_id: heapless::String::try_from("p").expect("short"),
+                    input,
+                    maps,
+                    frac_bits: 6,
+                };
+                let m = MergedModel { arch, maps: weights };
+                Arc::new(ServerState::new(vec![ServedModel::from_merged(&m)], Limits::default()))
+            })
+            .clone()
+    }
+
+    /// One protocol message chosen from a small alphabet, so that random sequences reach every
+    /// phase (handshake, preprocessing, online) and not only the first check.
+    fn message<'a>(kind: u8, a: u32, b: u32, bytes: &'a [u8], values: &'a [Fp]) -> Message<'a> {
+        let chunk =
+            FieldChunk { layer: (a % 3) as u16, offset: b % 40, values: FieldElems::from_values(values) };
+        match kind % 9 {
+            0 => Message::ClientHello { version: PROTOCOL_VERSION, model_id: "p", arch_hash: None },
+            1 => Message::TicketRequest { model_id: "p" },
+            2 => Message::HeChunk(BlobChunk {
+                round: HeRound::MaskCiphertexts,
+                blob: a % 4,
+                offset: b % 4096,
+                total_len: (b % 300_000).max(1),
+                bytes,
+            }),
+            3 => Message::HeRoundEnd { round: HeRound::MaskCiphertexts, blobs: a % 5 },
+            4 => Message::HeRoundEnd { round: HeRound::ActivationCiphertexts, blobs: a % 5 },
+            5 => Message::OnlineBegin { ticket_id: TicketId([(a % 3) as u8; 16]) },
+            6 => Message::MaskedInput(chunk),
+            7 => Message::MaskedActivation(chunk),
+            _ => Message::Error { code: ErrorCode::Internal, detail: "x" },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Random message sequences: the session answers or fails with a typed error frame,
+        /// never panics, and closes after an error.
+        #[test]
+        fn arbitrary_message_sequences_never_panic(
+            steps in proptest::collection::vec(
+                (any::<u8>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64),
+                 proptest::collection::vec(0u64..core_nostd::field::P, 0..8)),
+                0..16,
+            ),
+        ) {
+            let mut session = ServerSession::new(state());
+            let mut out = Vec::new();
+            for (kind, a, b, bytes, values) in steps {
+                let values: Vec<Fp> = values.into_iter().map(Fp::from_u64_reduced).collect();
+                let msg = message(kind, a, b, &bytes, &values);
+                if session.handle(&msg, &mut out) == Flow::Close {
+                    break;
+                }
+            }
+        }
+
+        /// Random bytes framed as the daemon frames them.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut session = ServerSession::new(state());
+            let mut decoder = FrameDecoder::new();
+            let mut out = Vec::new();
+            let mut input = bytes.as_slice();
+            while let Ok(Some(msg)) = decoder.next_message(&mut input) {
+                if session.handle(&msg, &mut out) == Flow::Close {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_hello_then_a_blob_of_garbage_is_a_typed_error() {
+        let mut session = ServerSession::new(state());
+        let mut out = Vec::new();
+        let hello = Message::ClientHello { version: PROTOCOL_VERSION, model_id: "p", arch_hash: None };
+        assert_eq!(session.handle(&hello, &mut out), Flow::Continue);
+        assert_eq!(session.handle(&Message::TicketRequest { model_id: "p" }, &mut out), Flow::Continue);
+        let garbage = [3u8; 2000];
+        for c in blob_chunks(HeRound::MaskCiphertexts, 0, &garbage) {
+            assert_eq!(session.handle(&Message::HeChunk(c), &mut out), Flow::Continue);
+        }
+        out.clear();
+        let end = Message::HeRoundEnd { round: HeRound::MaskCiphertexts, blobs: 1 };
+        assert_eq!(session.handle(&end, &mut out), Flow::Close);
+        let mut input = out.as_slice();
+        let mut decoder = FrameDecoder::new();
+        let msg = decoder.next_message(&mut input).ok().flatten();
+        assert!(matches!(msg, Some(Message::Error { .. })), "{msg:?}");
+    }
+}

@@ -285,6 +285,38 @@ mod tests {
         assert_eq!(c.mask_input(&[Fp::ONE], &mut out), Err(ClientError::UnexpectedMessage));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Any ticket body and any sequence of server chunks: every violation is a
+        /// `ClientError`, never a panic (the long run is the cargo-fuzz target).
+        #[test]
+        fn arbitrary_server_chunks_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            steps in proptest::collection::vec((0usize..3, 0usize..4, 0usize..4, 0u64..u64::MAX), 0..12),
+        ) {
+            let a = arch();
+            let mut ticket = [0u8; 88 + 64];
+            ticket[88..88 + body.len()].copy_from_slice(&body);
+            let ticket = &ticket[..88 + body.len()];
+            let Ok(mut c) = OnlineClient::new(&a, header(&a), SliceBody::of_ticket(ticket).unwrap()) else {
+                return Ok(());
+            };
+            let mut out = [Fp::ZERO; 4];
+            let mut logits = [Fp::ZERO; 1];
+            let _ = c.mask_input(&[Fp::ONE; 3], &mut out);
+            for (kind, layer, offset, v) in steps {
+                let values = [Fp::from_u64_reduced(v); 3];
+                let len = (offset % 3) + 1;
+                let _ = match kind {
+                    0 => c.on_square_masks(layer, offset, &values[..len], &mut out),
+                    1 => c.on_output(offset, &values[..len], &mut logits).map(|_| ()),
+                    _ => c.mask_input(&values[..len], &mut out).map(|_| ()),
+                };
+            }
+        }
+    }
+
     #[test]
     fn short_or_foreign_tickets_are_refused() {
         let a = arch();
