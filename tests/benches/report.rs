@@ -2,6 +2,9 @@
 //! (real daemon, real client), HE preprocessing time and bytes, and plaintext inference of the
 //! same merged network measured in the same run, so the ratios are not across machines or days.
 //!
+//! Plaintext inference is `FixedPointReference::trace_with` over the server's linear engine:
+//! the protocol's arithmetic, written once.
+//!
 //! `cargo bench -p integration-tests --bench report` prints the tables; add `-- --write` to
 //! rewrite `BENCHMARKS.md` at the repository root (`--images N`, default 20, sets the number of
 //! inferences per model; medians are reported).
@@ -13,9 +16,8 @@ use cloud_server::config::Limits;
 use cloud_server::inference::LinearLayers;
 use cloud_server::linear::LazyLayers;
 use cloud_server::model::merged::linear_reference;
-use cloud_server::model::{idx, load_calibrated, FixedPointReference, MergedModel};
+use cloud_server::model::{idx, load_calibrated, FixedPointReference};
 use cloud_server::session::ServedModel;
-use core_nostd::truncation::truncate_reference;
 use core_nostd::Fp;
 use edge_client::online::infer;
 use edge_client::preprocess::preprocess;
@@ -28,26 +30,6 @@ const MODELS: [&str; 3] = ["mlp-sq", "cryptonets-sq", "minionn-sq"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Plaintext inference with the server's fast linear engine: the same arithmetic as
-/// `FixedPointReference::trace_encoded`, with `W x` from `LazyLayers` instead of direct loops.
-fn plaintext_fast(m: &MergedModel, layers: &LazyLayers, biases: &[Vec<Fp>], input: &[Fp]) -> Vec<Fp> {
-    let last = m.maps.len() - 1;
-    let mut x = input.to_vec();
-    for (i, spec) in m.arch.maps.iter().enumerate() {
-        let y: Vec<Fp> = layers
-            .apply(i, &x)
-            .iter()
-            .zip(&biases[i])
-            .map(|(&a, &b)| truncate_reference(a + b, u32::from(spec.truncate_bits)))
-            .collect();
-        if i == last {
-            return y;
-        }
-        x = y.iter().map(|&v| truncate_reference(v * v, u32::from(m.arch.frac_bits))).collect();
-    }
-    x
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -79,8 +61,6 @@ fn measure(id: &'static str, images: &idx::Images, count: usize) -> Row {
     let m =
         load_calibrated(&root().join(format!("cloud-server/models/{id}.onnx")), id).expect("model").merged;
     let layers = LazyLayers::new(m.clone()).expect("engine");
-    let biases: Vec<Vec<Fp>> =
-        m.maps.iter().map(|w| w.bias.iter().map(|&b| Fp::from_i64(b)).collect()).collect();
     let inputs: Vec<Vec<Fp>> = (0..count)
         .map(|k| FixedPointReference::encode_pixels(&m, images.pixels(k).expect("image")))
         .collect();
@@ -91,9 +71,14 @@ fn measure(id: &'static str, images: &idx::Images, count: usize) -> Row {
         let reference = FixedPointReference::trace_encoded(&m, x.clone()).expect("reference");
         direct.push(t.elapsed());
         let t = Instant::now();
-        let y = plaintext_fast(&m, &layers, &biases, x);
+        let fast_trace =
+            FixedPointReference::trace_with(&m, x.clone(), |i, v| layers.apply(i, v)).expect("plain");
         fast.push(t.elapsed());
-        assert_eq!(Some(&y), reference.maps.last(), "{id}: the fast plaintext path must equal the reference");
+        assert_eq!(
+            fast_trace.maps.last(),
+            reference.maps.last(),
+            "{id}: the server's engine must equal the reference"
+        );
         // The linear layers alone, on the reference's own layer inputs.
         let layer_inputs: Vec<&Vec<Fp>> =
             std::iter::once(&reference.input).chain(&reference.squares).collect();

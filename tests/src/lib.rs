@@ -115,12 +115,21 @@ pub fn preprocess_in_process(
 }
 
 fn exchange(server: &mut ServerPreprocessing, round: HeRound, blobs: &[Vec<u8>]) -> PrepStep {
+    feed(server, round, blobs).expect("server round")
+}
+
+/// Feeds one round's blobs to the server as `HeChunk`s and ends the round.
+pub fn feed(
+    server: &mut ServerPreprocessing,
+    round: HeRound,
+    blobs: &[Vec<u8>],
+) -> Result<PrepStep, he_bfv::HeError> {
     for (i, b) in blobs.iter().enumerate() {
         for c in blob_chunks(round, i as u32, b) {
-            server.on_chunk(&c).expect("server takes the chunk");
+            server.on_chunk(&c)?;
         }
     }
-    server.on_round_end(round, blobs.len() as u32).expect("server round")
+    server.on_round_end(round, blobs.len() as u32)
 }
 
 fn reassemble(round: HeRound, blobs: &[Vec<u8>]) -> Vec<Vec<u8>> {

@@ -16,13 +16,13 @@ use core_nostd::arch::{AffineSpec, Architecture, LinearKind, Shape};
 use core_nostd::mask::MaskStream;
 use core_nostd::ticket::TicketHeader;
 use core_nostd::truncation::truncate_client_share;
-use core_nostd::wire::{blob_chunks, HeRound};
+use core_nostd::wire::HeRound;
 use core_nostd::Fp;
 use edge_client::online::infer;
 use edge_client::preprocess::{preprocess, ClientPreprocessing};
 use edge_client::tickets::Ticket;
 use edge_client::transport::Connection;
-use integration_tests::{preprocess_in_process, ticket_values, TestServer};
+use integration_tests::{feed, preprocess_in_process, ticket_values, TestServer};
 use rand::{Rng, SeedableRng};
 
 const MODELS: [&str; 3] = ["mlp-sq", "cryptonets-sq", "minionn-sq"];
@@ -124,19 +124,6 @@ fn random_layer_shapes_equal_the_plaintext_product() {
         let (ticket, material) = preprocess_in_process(&he, &m.arch, &mut rng);
         assert_combines(&m, &ticket, &material);
     }
-}
-
-fn feed(
-    server: &mut ServerPreprocessing,
-    round: HeRound,
-    blobs: &[Vec<u8>],
-) -> Result<PrepStep, he_bfv::HeError> {
-    for (i, b) in blobs.iter().enumerate() {
-        for c in blob_chunks(round, i as u32, b) {
-            server.on_chunk(&c)?;
-        }
-    }
-    server.on_round_end(round, blobs.len() as u32)
 }
 
 #[test]

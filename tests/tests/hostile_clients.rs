@@ -304,9 +304,13 @@ fn disconnects_in_every_phase_leave_the_server_serving() {
         let part = [Fp::ZERO; 3];
         let chunk = FieldChunk { layer: 0, offset: 0, values: FieldElems::from_values(&part) };
         s.write_all(&frame(&Message::MaskedInput(chunk))).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The server handles the frames asynchronously: wait (bounded) until it has redeemed it.
+    let mut waited = 0;
+    while server.state.tickets.usage().0 != 0 && waited < 200 {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+    }
     assert_eq!(server.state.tickets.usage().0, 0, "the named ticket is gone");
 
     // The server still serves.

@@ -46,6 +46,18 @@ impl FixedPointReference {
 
     /// Run the model on an already encoded input, keeping every intermediate.
     pub fn trace_encoded(model: &MergedModel, input: Vec<Fp>) -> Result<Trace, ModelError> {
+        Self::trace_with(model, input, |i, x| {
+            linear_reference(&model.arch.maps[i].kind, &model.maps[i].weights, x)
+        })
+    }
+
+    /// The same arithmetic with `W_i x` computed by `linear(i, x)` (any engine that is exact
+    /// over F_p, e.g. the server's): plaintext inference of the same network, for benchmarks.
+    pub fn trace_with(
+        model: &MergedModel,
+        input: Vec<Fp>,
+        linear: impl Fn(usize, &[Fp]) -> Vec<Fp>,
+    ) -> Result<Trace, ModelError> {
         model.validate()?;
         if input.len() != model.arch.input_len() {
             return Err(ModelError::InputLength { expected: model.arch.input_len(), found: input.len() });
@@ -54,7 +66,7 @@ impl FixedPointReference {
         let mut x = input.clone();
         let mut trace = Trace { input, maps: vec![], squares: vec![] };
         for (i, (spec, w)) in model.arch.maps.iter().zip(&model.maps).enumerate() {
-            let acc = linear_reference(&spec.kind, &w.weights, &x);
+            let acc = linear(i, &x);
             let y: Vec<Fp> = acc
                 .iter()
                 .zip(&w.bias)

@@ -157,18 +157,18 @@ impl Crt {
     }
 }
 
-fn pow_mod(mut b: u64, mut e: u64, m: u64) -> u64 {
-    let mut r = 1u128;
-    let (mut b128, m128) = (u128::from(b), u128::from(m));
+/// `b^e mod m` for `m < 2^64`.
+fn pow_mod(b: u64, mut e: u64, m: u64) -> u64 {
+    let m = u128::from(m);
+    let (mut r, mut b) = (1u128, u128::from(b) % m);
     while e > 0 {
         if e & 1 == 1 {
-            r = r * b128 % m128;
+            r = r * b % m;
         }
-        b128 = b128 * b128 % m128;
+        b = b * b % m;
         e >>= 1;
     }
-    b = r as u64;
-    b
+    r as u64
 }
 
 /// A level-1 server reply as a compact blob; `c0_positions` are the coefficients of `c0` the
