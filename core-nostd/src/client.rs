@@ -18,6 +18,8 @@
 //! `(yc, e)` pairs from the ticket), so the answer to a chunk of `d` is a chunk of the same length
 //! and offset that can be sent at once.
 
+use core::borrow::Borrow;
+
 use crate::arch::Architecture;
 use crate::field::Fp;
 use crate::mask::MaskStream;
@@ -81,18 +83,31 @@ impl core::fmt::Display for ClientError {
 
 /// One online inference on the client.
 #[derive(Debug)]
-pub struct OnlineClient<'a, B> {
-    arch: &'a Architecture,
+///
+/// `A` is the architecture, borrowed (`&Architecture`) or owned (a session that learnt it in the
+/// handshake keeps it inside the machine for the inference and takes it back with
+/// [`OnlineClient::into_architecture`]).
+pub struct OnlineClient<A, B> {
+    arch: A,
     header: TicketHeader,
     body: B,
     state: ClientState,
 }
 
-impl<'a, B: TicketBody> OnlineClient<'a, B> {
+impl<A: Borrow<Architecture>, B: TicketBody> OnlineClient<A, B> {
     /// Start an inference with a ticket (header + streamed body) made for `arch`.
-    pub fn new(arch: &'a Architecture, header: TicketHeader, body: B) -> Result<Self, ClientError> {
-        header.check_model(arch)?;
+    pub fn new(arch: A, header: TicketHeader, body: B) -> Result<Self, ClientError> {
+        header.check_model(arch.borrow())?;
         Ok(OnlineClient { arch, header, body, state: ClientState::SendingInput { offset: 0 } })
+    }
+
+    pub fn architecture(&self) -> &Architecture {
+        self.arch.borrow()
+    }
+
+    /// End the machine, returning the architecture it was built with.
+    pub fn into_architecture(self) -> A {
+        self.arch
     }
 
     /// The id to send in `OnlineBegin` so the server redeems its half of the ticket.
@@ -123,7 +138,7 @@ impl<'a, B: TicketBody> OnlineClient<'a, B> {
         let ClientState::SendingInput { offset } = self.state else {
             return self.fail(ClientError::UnexpectedMessage);
         };
-        let len = self.arch.input_len();
+        let len = self.arch.borrow().input_len();
         if offset + x.len() > len {
             return self.fail(ClientError::TooLong);
         }
@@ -137,7 +152,7 @@ impl<'a, B: TicketBody> OnlineClient<'a, B> {
         let end = offset + x.len();
         self.state = if end < len {
             ClientState::SendingInput { offset: end }
-        } else if self.arch.maps.len() > 1 {
+        } else if self.arch.borrow().maps.len() > 1 {
             ClientState::AwaitingSquareMasks { layer: 0, offset: 0 }
         } else {
             ClientState::AwaitingOutput { offset: 0 }
@@ -164,14 +179,14 @@ impl<'a, B: TicketBody> OnlineClient<'a, B> {
         if offset != expected {
             return self.fail(ClientError::OutOfOrder { expected, found: offset });
         }
-        let len = self.arch.maps[layer].kind.output_len();
+        let len = self.arch.borrow().maps[layer].kind.output_len();
         if offset + d.len() > len {
             return self.fail(ClientError::TooLong);
         }
         let Some(out) = out.get_mut(..d.len()) else {
             return self.fail(ClientError::BufferTooSmall);
         };
-        let f = u32::from(self.arch.frac_bits);
+        let f = u32::from(self.arch.borrow().frac_bits);
         let mut r = self.masks(layer + 1, offset);
         let mut pair = [Fp::ZERO; 2];
         for (o, &dj) in out.iter_mut().zip(d) {
@@ -184,7 +199,7 @@ impl<'a, B: TicketBody> OnlineClient<'a, B> {
         let end = offset + d.len();
         self.state = if end < len {
             ClientState::AwaitingSquareMasks { layer, offset: end }
-        } else if layer + 2 < self.arch.maps.len() {
+        } else if layer + 2 < self.arch.borrow().maps.len() {
             ClientState::AwaitingSquareMasks { layer: layer + 1, offset: 0 }
         } else {
             ClientState::AwaitingOutput { offset: 0 }
@@ -202,7 +217,7 @@ impl<'a, B: TicketBody> OnlineClient<'a, B> {
         if offset != expected {
             return self.fail(ClientError::OutOfOrder { expected, found: offset });
         }
-        let len = self.arch.output_len();
+        let len = self.arch.borrow().output_len();
         if offset + ys.len() > len {
             return self.fail(ClientError::TooLong);
         }

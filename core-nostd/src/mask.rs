@@ -21,22 +21,24 @@
 //! would give only `2^-4`. The same reduction serves [`uniform_fp`] for the server's `s, u, v`
 //! from any [`RngCore`].
 //!
-//! # Cost on a Cortex-M0+, and why ChaCha20
+//! # Cost on a Cortex-M0+, and why ChaCha12
 //!
-//! One element costs 16 bytes of keystream, a quarter of a 64-byte ChaCha block. ChaCha on
-//! ARMv6-M (8 low registers, no barrel shifter in the ALU ops) costs roughly 20 cycles/byte for
-//! ChaCha20 with hand-written assembly and 2-3x that from compiled Rust (estimates, not measured
-//! here), i.e. about 0.3-1 k cycles per mask element: 3-8 us at the RP2040's 133 MHz, tens of
-//! milliseconds for the ~11 000 masks of `minionn-sq`. That is small next to sending those
-//! elements over the radio. ChaCha12 or ChaCha8 would save 40 % / 60 % of that, but the mask is
-//! the *only* thing hiding the client's input, its cost is not the bottleneck, and ChaCha20 is
-//! the standardised (RFC 8439) variant with the full security margin, the same one `fhe` key
-//! generation is seeded with, so the project uses one ChaCha variant everywhere.
+//! One element costs 16 bytes of keystream, a quarter of a 64-byte ChaCha block. Measured on the
+//! emulated board (thumbv6m code, `boards/mps2-an385`, `src/bin/costs.rs`): 833 instructions per
+//! element with ChaCha20, the largest single cost of a board's online phase (about 9 M of
+//! `minionn-sq`'s 10 340 activations + 784 inputs). The masks therefore use ChaCha12 (the round
+//! count of `rand`'s `StdRng`): 636 instructions per element, and still a wide margin (the best
+//! published attacks reach 7 rounds). The mask is a one-time pad on the client's input, so the
+//! stream must stay a PRF in the seed: 12 rounds are the
+//! conservative choice between ChaCha8 (enough per Aumasson's "Too Much Crypto") and ChaCha20.
+//! HE key generation keeps ChaCha20 (`edge_client::preprocess`): it runs once per ticket on a
+//! host. Changing the variant changes every mask, so it bumped the ticket format
+//! ([`crate::ticket::FORMAT_VERSION`] 2): an old ticket is refused, never silently misused.
 //! Random access is dearer than sequential: `rand_chacha` refills a 4-block (256-byte) buffer on
 //! every seek, so seek once per layer and iterate.
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand_chacha::ChaCha12Rng;
 use sha2::{Digest, Sha256};
 
 use crate::field::Fp;
@@ -93,14 +95,14 @@ pub fn fill_uniform<R: RngCore + ?Sized>(rng: &mut R, out: &mut [Fp]) {
 /// The mask stream of one `(seed, purpose, layer)`: a sequential iterator with random access.
 #[derive(Clone, Debug)]
 pub struct MaskStream {
-    rng: ChaCha20Rng,
+    rng: ChaCha12Rng,
     index: u64,
 }
 
 impl MaskStream {
     /// The stream positioned at element 0.
     pub fn new(seed: &Seed, purpose: Purpose, layer: u32) -> MaskStream {
-        let mut rng = ChaCha20Rng::from_seed(*seed);
+        let mut rng = ChaCha12Rng::from_seed(*seed);
         rng.set_stream(stream_id(purpose, layer));
         rng.set_word_pos(0);
         MaskStream { rng, index: 0 }
@@ -195,14 +197,14 @@ mod tests {
     }
 
     #[test]
-    fn element_is_128_bits_of_chacha20_reduced() {
+    fn element_is_128_bits_of_chacha12_reduced() {
         // Element i is words 4i..4i+4 of stream (tag << 32 | layer), little-endian u128: pin the
         // construction so the firmware and host can never diverge.
-        let mut rng = ChaCha20Rng::from_seed(SEED);
+        let mut rng = ChaCha12Rng::from_seed(SEED);
         rng.set_stream(stream_id(Purpose::MapInput, 2));
         rng.set_word_pos(4 * 9);
         let mut bytes = [0u8; 16];
-        <ChaCha20Rng as RngCore>::fill_bytes(&mut rng, &mut bytes);
+        <ChaCha12Rng as RngCore>::fill_bytes(&mut rng, &mut bytes);
         let expected = Fp::from_u128_reduced(u128::from_le_bytes(bytes));
         assert_eq!(mask_at(&SEED, Purpose::MapInput, 2, 9), expected);
     }

@@ -20,8 +20,9 @@ use crate::truncation::{truncate_client_share, truncate_server_share};
 /// The client's share of `y^2`, truncated back to `frac_bits` fraction bits.
 #[inline]
 pub fn client_square_share(yc: Fp, d: Fp, e: Fp, frac_bits: u32) -> Fp {
-    let t = yc * d + e;
-    truncate_client_share(yc * yc + t + t, frac_bits)
+    // yc^2 + 2 (yc d + e) = yc (yc + 2d) + 2e: one field product instead of two (the product is
+    // the costliest step on a Cortex-M0+; the result is the same field element).
+    truncate_client_share(yc * (yc + d + d) + e + e, frac_bits)
 }
 
 /// The server's share of `y^2`, truncated back to `frac_bits` fraction bits.
@@ -40,6 +41,22 @@ pub fn square_mask(ys: Fp, u: Fp) -> Fp {
 mod tests {
     use super::*;
     use crate::truncation::truncate_reference;
+
+    #[test]
+    fn one_product_form_equals_the_protocol_formula() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..1000 {
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                Fp::from_u64_reduced(x)
+            };
+            let (yc, d, e) = (next(), next(), next());
+            let protocol = yc * yc + (yc * d + e) + (yc * d + e);
+            assert_eq!(client_square_share(yc, d, e, 7), truncate_client_share(protocol, 7));
+        }
+    }
 
     #[test]
     fn shares_of_the_square_reconstruct_within_one_ulp() {

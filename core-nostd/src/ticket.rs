@@ -23,8 +23,9 @@ use crate::field::Fp;
 
 /// First bytes of every ticket.
 pub const MAGIC: [u8; 4] = *b"PITK";
-/// Version of the layout above.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the layout above and of the mask derivation the seed feeds (2: ChaCha12 masks,
+/// see [`crate::mask`]).
+pub const FORMAT_VERSION: u16 = 2;
 /// Length of the header.
 pub const HEADER_LEN: usize = 88;
 
@@ -197,8 +198,8 @@ mod tests {
         bad[0] = b'X';
         assert_eq!(TicketHeader::from_bytes(&bad), Err(TicketFormatError::BadMagic));
         let mut v2 = b;
-        v2[4] = 2;
-        assert_eq!(TicketHeader::from_bytes(&v2), Err(TicketFormatError::UnsupportedVersion(2)));
+        v2[4] = 1;
+        assert_eq!(TicketHeader::from_bytes(&v2), Err(TicketFormatError::UnsupportedVersion(1)));
     }
 
     #[test]

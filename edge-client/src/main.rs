@@ -25,18 +25,7 @@ use edge_client::preprocess::preprocess;
 use edge_client::tickets::{Ticket, TicketWallet};
 use edge_client::transport::Connection;
 
-const CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+const CLASSES: [&str; 10] = core_nostd::labels::FASHION_MNIST;
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// `eval` reconnects after this many images (a server caps a connection's lifetime).
 const IMAGES_PER_CONNECTION: usize = 100;
@@ -74,6 +63,26 @@ enum Command {
         #[arg(long)]
         model: String,
         /// Number of tickets.
+        #[arg(long, default_value_t = 1)]
+        tickets: usize,
+        /// Ticket wallet directory.
+        #[arg(long, default_value = "tickets")]
+        wallet: PathBuf,
+    },
+    /// Hand tickets to a board over its serial link (the board never does HE). Takes them from
+    /// the wallet, making fresh ones with the server when the wallet runs short; a ticket leaves
+    /// the wallet only once the board acknowledged it.
+    Provision {
+        /// Server address (for the architecture, and to make tickets when the wallet is short).
+        #[arg(long)]
+        server: String,
+        /// Model id (the board's MODEL_ID).
+        #[arg(long)]
+        model: String,
+        /// The board's provisioning link: a serial device (/dev/ttyACM0) or tcp:HOST:PORT.
+        #[arg(long)]
+        link: String,
+        /// Number of tickets to hand over.
         #[arg(long, default_value_t = 1)]
         tickets: usize,
         /// Ticket wallet directory.
@@ -142,6 +151,9 @@ fn main() -> ExitCode {
         }
         Command::Preprocess { server, model, tickets, wallet } => {
             preprocess_cmd(&server, &model, tickets, &wallet)
+        }
+        Command::Provision { server, model, link, tickets, wallet } => {
+            provision_cmd(&server, &model, &link, tickets, &wallet)
         }
         Command::Eval { server, model, data, limit, reference } => {
             eval_cmd(&server, &model, &data, limit, reference.as_deref())
@@ -370,6 +382,52 @@ fn preprocess_cmd(server: &str, model_id: &str, tickets: usize, wallet: &Path) -
         received / 1024
     );
     Ok(())
+}
+
+fn provision_cmd(server: &str, model_id: &str, link: &str, count: usize, wallet: &Path) -> Res<()> {
+    // The board first: no ticket leaves the wallet if the board cannot be reached.
+    let mut board = Connection::new(edge_client::provision::open_link(link, IO_TIMEOUT)?);
+    let mut conn = Connection::connect(server, IO_TIMEOUT)?;
+    let arch = conn.hello(model_id, None)?;
+    let wallet = TicketWallet::open(wallet, model_id)?;
+    let mut tickets = Vec::with_capacity(count);
+    while tickets.len() < count {
+        match wallet.take(&arch)? {
+            Some(t) => tickets.push(t),
+            None => break,
+        }
+    }
+    let fresh = count - tickets.len();
+    if fresh > 0 {
+        eprintln!("the wallet holds {} tickets: making {fresh} with the server", tickets.len());
+        for _ in 0..fresh {
+            let (bytes, _) = preprocess(&mut conn, &arch, &mut rand::rng())?;
+            let header = core_nostd::ticket::TicketHeader::from_bytes(&bytes).map_err(|e| e.to_string())?;
+            tickets.push(Ticket { header, bytes });
+        }
+    }
+    drop(conn);
+    let bar = indicatif::ProgressBar::new(count as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} tickets on the board  {elapsed}",
+    )?);
+    let done = edge_client::provision::provision(&mut board, &arch, tickets, |k| bar.set_position(k as u64));
+    bar.finish();
+    for t in &done.returned {
+        wallet.store(&arch, &t.bytes)?;
+    }
+    eprintln!(
+        "board accepted {} and stored {} of {count} tickets ({} back in {}); {} KB sent",
+        done.accepted,
+        done.stored,
+        done.returned.len(),
+        wallet.dir().display(),
+        board.traffic().sent / 1024
+    );
+    match done.error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// The first file in `dir` whose name contains `pattern`.

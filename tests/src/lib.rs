@@ -1,5 +1,8 @@
 //! Helpers shared by the cross-crate integration tests in `tests/tests/`: an in-process daemon on
-//! loopback, small random models, in-process HE preprocessing and ticket parsing.
+//! loopback, small random models, in-process HE preprocessing and ticket parsing, the check
+//! against the fixed-point reference, and the emulated board ([`board`]).
+
+pub mod board;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,4 +143,57 @@ fn reassemble(round: HeRound, blobs: &[Vec<u8>]) -> Vec<Vec<u8>> {
         }
     }
     a.finish(blobs.len() as u32).expect("whole round")
+}
+
+/// Check private logits (centred fixed-point integers) of `pixels` against the fixed-point
+/// reference of `model`: each within the documented truncation error bound, and the same label
+/// unless the reference's top two are within that bound. Returns the reference's label.
+pub fn check_against_reference(model: &MergedModel, pixels: &[u8], got: &[i64]) -> Result<usize, String> {
+    use cloud_server::model::{reference::argmax, FixedPointReference};
+    let input = FixedPointReference::encode_pixels(model, pixels);
+    let mut trace = FixedPointReference::trace_encoded(model, input.clone()).map_err(|e| e.to_string())?;
+    let reference = trace.maps.pop().ok_or("empty reference trace")?;
+    let bound = FixedPointReference::error_bound(model, &input).map_err(|e| e.to_string())?;
+    let want: Vec<i64> = reference.iter().map(|v| v.to_i64_centered()).collect();
+    if got.len() != want.len() {
+        return Err(format!("{} logits, the reference has {}", got.len(), want.len()));
+    }
+    for ((g, w), b) in got.iter().zip(&want).zip(&bound) {
+        if (g - w).abs() > *b {
+            return Err(format!("private {g}, reference {w}, bound {b}"));
+        }
+    }
+    let (pg, pw) = (argmax(got), argmax(&want));
+    let mut sorted = want.clone();
+    sorted.sort_unstable();
+    let gap = sorted[sorted.len() - 1] - sorted[sorted.len() - 2];
+    let max_bound = bound.iter().copied().max().unwrap_or(0);
+    if pg != pw && gap > 2 * max_bound {
+        return Err(format!("label {pg} vs reference {pw} (gap {gap})"));
+    }
+    Ok(pw)
+}
+
+/// `n` tickets for the model `id` made by HE preprocessing with the daemon at `server` (the
+/// architecture pinned to `pin`), as `edge-client preprocess` makes them. Returns the
+/// architecture too.
+pub fn make_tickets(
+    server: SocketAddr,
+    id: &str,
+    pin: [u8; 32],
+    n: usize,
+    rng: &mut impl rand::CryptoRng,
+) -> (Architecture, Vec<edge_client::tickets::Ticket>) {
+    let mut conn = edge_client::transport::Connection::connect(server, std::time::Duration::from_secs(60))
+        .expect("connect to the test server");
+    let arch = conn.hello(id, Some(pin)).expect("handshake");
+    let tickets = (0..n)
+        .map(|_| {
+            let (bytes, _) =
+                edge_client::preprocess::preprocess(&mut conn, &arch, rng).expect("preprocessing");
+            let header = core_nostd::ticket::TicketHeader::from_bytes(&bytes).expect("ticket header");
+            edge_client::tickets::Ticket { header, bytes }
+        })
+        .collect();
+    (arch, tickets)
 }

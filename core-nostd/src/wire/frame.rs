@@ -144,6 +144,17 @@ impl FrameDecoder {
         }
     }
 
+    /// Bytes still missing from the current header or payload (a header's worth between frames).
+    /// A driver that reads at most this many never reads past a frame, so its reads follow the
+    /// frames exactly: deterministic call patterns, and no bytes left over between steps.
+    pub fn wanted(&self) -> usize {
+        match self.state {
+            State::Header => FRAME_HEADER_LEN - self.filled,
+            State::Payload { len } => FRAME_HEADER_LEN + len - self.filled,
+            State::Complete { .. } | State::Failed(_) => FRAME_HEADER_LEN,
+        }
+    }
+
     /// Consume bytes from the front of `input` (advancing it) until a frame is complete; returns
     /// its payload, or `None` once `input` is exhausted with the frame still partial. Bytes after
     /// a complete frame stay in `input` for the next call.

@@ -14,6 +14,11 @@
 //!                                     C->S MaskedActivation{layer i + 1, ..}*      (zc - r_(i+1))
 //!                S->C OutputShare{layer L-1, ..}*                                  (ys_L)
 //! any time       Error{code, detail}   (then the sender closes the connection)
+//!
+//! provisioning (host H = `edge-client provision`, board B, over the board's serial link)
+//!                H->B ProvisionOffer{model_id, arch_hash, ticket_len, tickets}
+//!                B->H ProvisionAccept{tickets}   (how many it has room for; 0 = none)
+//!                per accepted ticket k:  H->B TicketBytes{ticket k, ..}*   B->H TicketStored{ticket k}
 //! ```
 //!
 //! Layers are 0-based map indices. HE blobs are opaque here (the HE halves define their
@@ -154,6 +159,19 @@ pub enum Message<'a> {
     OutputShare(#[serde(borrow)] FieldChunk<'a>),
     /// Either direction: a fatal error; the sender closes the connection.
     Error { code: ErrorCode, detail: &'a str },
+    /// Provisioner -> board: `tickets` tickets of `ticket_len` bytes each for `model_id`.
+    ProvisionOffer { model_id: &'a str, arch_hash: [u8; 32], ticket_len: u32, tickets: u32 },
+    /// Board -> provisioner: the board takes the first `tickets` tickets offered.
+    ProvisionAccept { tickets: u32 },
+    /// Provisioner -> board: bytes `offset..offset + bytes.len()` of ticket number `ticket`.
+    TicketBytes {
+        ticket: u32,
+        offset: u32,
+        #[serde(borrow)]
+        bytes: &'a [u8],
+    },
+    /// Board -> provisioner: ticket number `ticket` is stored (the provisioner may delete its copy).
+    TicketStored { ticket: u32 },
 }
 
 impl<'a> FieldElems<'a> {
@@ -182,16 +200,23 @@ impl<'a> FieldElems<'a> {
             Repr::Values(v) => v.get(i).copied(),
             Repr::Encoded(b) => {
                 let word = b.get(i * FIELD_ELEMENT_BYTES..(i + 1) * FIELD_ELEMENT_BYTES)?;
-                let mut le = [0u8; FIELD_ELEMENT_BYTES];
-                le.copy_from_slice(word);
-                Some(Fp::from_u64_reduced(u64::from_le_bytes(le)))
+                Some(Fp::from_u64_reduced(le_word(word)))
             }
         }
     }
 
     /// The elements in order.
     pub fn iter(&self) -> impl Iterator<Item = Fp> + '_ {
-        (0..self.len()).filter_map(move |i| self.get(i))
+        // One of the two is empty; walking the words directly (no per-element bounds checks)
+        // matters on a Cortex-M0+, where this runs for every value received.
+        let (values, bytes): (&[Fp], &[u8]) = match self.0 {
+            Repr::Values(v) => (v, &[]),
+            Repr::Encoded(b) => (&[], b),
+        };
+        values
+            .iter()
+            .copied()
+            .chain(bytes.chunks_exact(FIELD_ELEMENT_BYTES).map(|w| Fp::from_u64_reduced(le_word(w))))
     }
 
     /// Check the chunking rules and that every element is canonical.
@@ -210,9 +235,7 @@ impl<'a> FieldElems<'a> {
                     return Err(ChunkError::Misaligned { len: b.len() }.into());
                 }
                 for (index, word) in b.chunks_exact(FIELD_ELEMENT_BYTES).enumerate() {
-                    let mut le = [0u8; FIELD_ELEMENT_BYTES];
-                    le.copy_from_slice(word);
-                    let value = u64::from_le_bytes(le);
+                    let value = le_word(word);
                     if Fp::new(value).is_err() {
                         return Err(WireError::NonCanonical { index, value });
                     }
@@ -276,6 +299,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for FieldElems<'a> {
         let bytes = deserializer.deserialize_bytes(BytesVisitor)?;
         Ok(FieldElems(Repr::Encoded(bytes)))
     }
+}
+
+/// A little-endian 8-byte word (`w` holds at least 8 bytes; shorter input reads as zeros), as
+/// two 32-bit halves: cheaper than a byte-wise `u64` on 32-bit targets.
+#[inline(always)]
+fn le_word(w: &[u8]) -> u64 {
+    let b = |i: usize| w.get(i).copied().unwrap_or(0);
+    let lo = u32::from_le_bytes([b(0), b(1), b(2), b(3)]);
+    let hi = u32::from_le_bytes([b(4), b(5), b(6), b(7)]);
+    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 fn check_u32_range(offset: u32, len: usize, total: u64) -> Result<(), ChunkError> {
@@ -351,10 +384,17 @@ impl Message<'_> {
             | Message::MaskedActivation(c)
             | Message::OutputShare(c) => c.validate(),
             Message::Error { detail, .. } => check_str(detail, MAX_DETAIL_LEN, true),
+            Message::ProvisionOffer { model_id, .. } => check_str(model_id, MAX_MODEL_ID_LEN, false),
+            Message::TicketBytes { bytes, .. } if bytes.len() > MAX_CHUNK_BYTES => {
+                Err(ChunkError::TooLong { len: bytes.len() }.into())
+            }
             Message::Refused { .. }
             | Message::TicketGranted { .. }
             | Message::HeRoundEnd { .. }
-            | Message::OnlineBegin { .. } => Ok(()),
+            | Message::OnlineBegin { .. }
+            | Message::ProvisionAccept { .. }
+            | Message::TicketBytes { .. }
+            | Message::TicketStored { .. } => Ok(()),
         }
     }
 }
