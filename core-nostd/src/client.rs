@@ -238,12 +238,13 @@ impl<A: Borrow<Architecture>, B: TicketBody> OnlineClient<A, B> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::arch::{AffineSpec, LinearKind, Shape};
     use crate::ticket::SliceBody;
 
-    fn arch() -> Architecture {
+    /// Dense 3 -> 2, square, dense 2 -> 1 (also the session tests' model).
+    pub(crate) fn arch() -> Architecture {
         let mut maps = heapless::Vec::new();
         maps.push(AffineSpec { kind: LinearKind::Dense { inputs: 3, outputs: 2 }, truncate_bits: 4 })
             .unwrap();

@@ -25,7 +25,7 @@ use crate::fixed_point::encode_pixel;
 use crate::ticket::{TicketBody, TicketHeader};
 use crate::wire::{
     encode_frame, ErrorCode, FieldChunk, FieldElems, FrameDecoder, Message, RefuseReason, TicketId,
-    WireError, MAX_CHUNK_VALUES, PROTOCOL_VERSION,
+    WireError, MAX_CHUNK_VALUES, MAX_DETAIL_LEN, PROTOCOL_VERSION,
 };
 
 /// Most logits a session holds (the bundled models have 10).
@@ -190,6 +190,8 @@ pub struct ClientSession<B, I> {
     values: [Fp; MAX_CHUNK_VALUES],
     logits: heapless::Vec<Fp, MAX_LOGITS>,
     logits_ready: bool,
+    /// The text of the server's last `Error` message (for the user; the code is in the error).
+    server_detail: heapless::String<MAX_DETAIL_LEN>,
 }
 
 impl<B, I> core::fmt::Debug for ClientSession<B, I> {
@@ -212,7 +214,21 @@ impl<B: TicketBody, I: InputSource> ClientSession<B, I> {
             values: [Fp::ZERO; MAX_CHUNK_VALUES],
             logits: heapless::Vec::new(),
             logits_ready: false,
+            server_detail: heapless::String::new(),
         })
+    }
+
+    /// A session on a connection whose handshake is already done (a host client that asked for
+    /// the architecture itself): starts [`SessionState::Ready`].
+    pub fn with_architecture(arch: Architecture) -> Result<Self, SessionError> {
+        let mut s = ClientSession::new(&arch.model_id, arch.hash())?;
+        s.phase = Phase::Ready(arch);
+        Ok(s)
+    }
+
+    /// The explanation the server sent with its last `Error` message (empty if none).
+    pub fn server_detail(&self) -> &str {
+        &self.server_detail
     }
 
     pub fn state(&self) -> SessionState {
@@ -345,7 +361,11 @@ impl<B: TicketBody, I: InputSource> ClientSession<B, I> {
             return Ok(Event::Pending);
         };
         match msg {
-            Message::Error { code, .. } => return Err(SessionError::Server(code)),
+            Message::Error { code, detail } => {
+                // `decode_payload` checked the length against MAX_DETAIL_LEN.
+                self.server_detail = heapless::String::try_from(detail).unwrap_or_default();
+                return Err(SessionError::Server(code));
+            }
             Message::Refused { reason } => return Err(SessionError::Refused(reason)),
             _ => {}
         }
@@ -525,17 +545,12 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::arch::{AffineSpec, LinearKind, Shape};
     use crate::ticket::{ticket_len, SliceBody};
     use crate::wire::{decode_frame, MAX_FRAME_SIZE};
 
+    /// The client machine's test model: dense 3 -> 2, square, dense 2 -> 1.
     fn arch() -> Architecture {
-        let mut maps = heapless::Vec::new();
-        maps.push(AffineSpec { kind: LinearKind::Dense { inputs: 3, outputs: 2 }, truncate_bits: 4 })
-            .unwrap();
-        maps.push(AffineSpec { kind: LinearKind::Dense { inputs: 2, outputs: 1 }, truncate_bits: 4 })
-            .unwrap();
-        Architecture { model_id: "t".try_into().unwrap(), input: Shape::flat(3), maps, frac_bits: 6 }
+        crate::client::tests::arch()
     }
 
     fn ticket(a: &Architecture, id: u8) -> Vec<u8> {

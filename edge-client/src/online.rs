@@ -1,5 +1,6 @@
-//! Drives one online inference on a host: the core-nostd client state machine
-//! ([`core_nostd::client::OnlineClient`], the same code a board runs) over a [`Connection`].
+//! Drives one online inference on a host: the core-nostd client session
+//! ([`core_nostd::session::ClientSession`], the same code a board runs, framing included) over a
+//! [`Connection`] whose handshake is done.
 //!
 //! Flow (DESIGN §4): `OnlineBegin{ticket}`, all chunks of `x - r_0`, then for each square layer
 //! the server's `d` chunks, each answered at once with a chunk of `zc - r_next`, and finally the
@@ -8,9 +9,10 @@
 use std::io::{Read, Write};
 
 use core_nostd::arch::Architecture;
-use core_nostd::client::{ClientError, OnlineClient};
+use core_nostd::client::ClientError;
+use core_nostd::session::{ClientSession, Event, SessionError};
 use core_nostd::ticket::SliceBody;
-use core_nostd::wire::{FieldChunk, FieldElems, Message, TicketId, MAX_CHUNK_VALUES};
+use core_nostd::wire::MAX_FRAME_SIZE;
 use core_nostd::Fp;
 
 use crate::tickets::Ticket;
@@ -23,6 +25,8 @@ pub enum OnlineError {
     /// The client state machine refused a message (a protocol violation by the server, or an
     /// unusable ticket).
     Client(ClientError),
+    /// The session refused the server's behaviour (a message out of place, a wrong model).
+    Session(SessionError),
     /// The input has the wrong number of elements.
     InputLength {
         expected: usize,
@@ -35,6 +39,7 @@ impl std::fmt::Display for OnlineError {
         match self {
             OnlineError::Transport(e) => write!(f, "{e}"),
             OnlineError::Client(e) => write!(f, "client: {e}"),
+            OnlineError::Session(e) => write!(f, "session: {e}"),
             OnlineError::InputLength { expected, found } => {
                 write!(f, "input has {found} elements, the model expects {expected}")
             }
@@ -56,6 +61,20 @@ impl From<ClientError> for OnlineError {
     }
 }
 
+/// Map a session error to the host's error types (the server's explanation comes along).
+fn session_error(e: SessionError, detail: &str) -> OnlineError {
+    match e {
+        SessionError::Server(code) => {
+            OnlineError::Transport(TransportError::Server { code, detail: detail.to_owned() })
+        }
+        SessionError::Refused(reason) => OnlineError::Transport(TransportError::Refused(reason)),
+        SessionError::Wire(w) => OnlineError::Transport(w.into()),
+        SessionError::Client(c) => OnlineError::Client(c),
+        SessionError::InputLength { expected, found } => OnlineError::InputLength { expected, found },
+        other => OnlineError::Session(other),
+    }
+}
+
 /// Run one private inference of `input` (fixed-point encoded, `arch.input_len()` elements) with
 /// `ticket`, over a connection that completed the handshake for `arch`. Returns the logits
 /// (fixed-point, `arch.frac_bits` fraction bits).
@@ -65,49 +84,19 @@ pub fn infer<S: Read + Write>(
     ticket: &Ticket,
     input: &[Fp],
 ) -> Result<Vec<Fp>, OnlineError> {
-    if input.len() != arch.input_len() {
-        return Err(OnlineError::InputLength { expected: arch.input_len(), found: input.len() });
-    }
     let body = SliceBody::of_ticket(&ticket.bytes).map_err(ClientError::from)?;
-    let mut client = OnlineClient::new(arch, ticket.header, body)?;
-    conn.queue(&Message::OnlineBegin { ticket_id: TicketId(client.ticket_id()) })?;
-    let mut buf = [Fp::ZERO; MAX_CHUNK_VALUES];
-    for part in input.chunks(MAX_CHUNK_VALUES) {
-        let offset = client.mask_input(part, &mut buf)?;
-        let values = FieldElems::from_values(&buf[..part.len()]);
-        conn.queue(&Message::MaskedInput(FieldChunk { layer: 0, offset: offset as u32, values }))?;
-    }
-    let mut logits = vec![Fp::ZERO; arch.output_len()];
+    let mut session = ClientSession::with_architecture(arch.clone()).map_err(|e| session_error(e, ""))?;
+    session.start(ticket.header, body, input).map_err(|e| session_error(e, ""))?;
+    let mut tx = [0u8; MAX_FRAME_SIZE];
     loop {
-        // The state machine needs `&mut` while the message borrows the connection's buffer, so
-        // copy the (at most 128) values out first.
-        let mut values = [Fp::ZERO; MAX_CHUNK_VALUES];
-        let (kind, layer, offset, n) = conn.recv(|msg| {
-            let (kind, chunk) = match msg {
-                Message::ActivationDelta(c) => (false, c),
-                Message::OutputShare(c) => (true, c),
-                _ => return Err(TransportError::Unexpected("expected ActivationDelta or OutputShare")),
-            };
-            let n = chunk.values.len().min(MAX_CHUNK_VALUES);
-            for (v, x) in values.iter_mut().zip(chunk.values.iter()) {
-                *v = x;
-            }
-            Ok((kind, chunk.layer as usize, chunk.offset as usize, n))
-        })?;
-        if kind {
-            if layer + 1 != arch.maps.len() {
-                return Err(OnlineError::Transport(TransportError::Unexpected(
-                    "output share for a wrong layer",
-                )));
-            }
-            if client.on_output(offset, &values[..n], &mut logits)? {
-                return Ok(logits);
-            }
-        } else {
-            client.on_square_masks(layer, offset, &values[..n], &mut buf)?;
-            let values = FieldElems::from_values(&buf[..n]);
-            let chunk = FieldChunk { layer: (layer + 1) as u16, offset: offset as u32, values };
-            conn.queue(&Message::MaskedActivation(chunk))?;
+        while let Some(frame) = session.poll_transmit(&mut tx).map_err(|e| session_error(e, ""))? {
+            conn.queue_frame(frame);
+        }
+        let event = conn.with_received(|bytes| session.receive(bytes))?;
+        match event {
+            Ok(Event::Output) => return Ok(session.logits().unwrap_or_default().to_vec()),
+            Ok(_) => {}
+            Err(e) => return Err(session_error(e, session.server_detail())),
         }
     }
 }

@@ -141,6 +141,38 @@ impl<S: Read + Write> Connection<S> {
         Ok(())
     }
 
+    /// Queue an already encoded frame (from a sans-I/O machine such as
+    /// `core_nostd::session::ClientSession`).
+    pub fn queue_frame(&mut self, frame: &[u8]) {
+        self.outbuf.extend_from_slice(frame);
+    }
+
+    /// Make sure received bytes are buffered: if none are, send what is queued and read.
+    fn fill(&mut self) -> Result<(), TransportError> {
+        if self.start == self.end {
+            self.flush()?;
+            let n = self.stream.read(&mut self.inbuf)?;
+            if n == 0 {
+                return Err(TransportError::Closed);
+            }
+            self.traffic.received += n as u64;
+            self.start = 0;
+            self.end = n;
+        }
+        Ok(())
+    }
+
+    /// Hand the buffered received bytes (reading first if there are none) to `f`, which consumes
+    /// from the front of the slice; what it leaves stays buffered.
+    pub fn with_received<R>(&mut self, f: impl FnOnce(&mut &[u8]) -> R) -> Result<R, TransportError> {
+        self.fill()?;
+        let mut input = &self.inbuf[self.start..self.end];
+        let before = input.len();
+        let r = f(&mut input);
+        self.start += before - input.len();
+        Ok(r)
+    }
+
     /// Receive the next message and hand it to `f` (messages borrow the receive buffer).
     /// A server `Error` message becomes [`TransportError::Server`].
     pub fn recv<R>(
@@ -148,16 +180,7 @@ impl<S: Read + Write> Connection<S> {
         f: impl FnOnce(&Message<'_>) -> Result<R, TransportError>,
     ) -> Result<R, TransportError> {
         loop {
-            if self.start == self.end {
-                self.flush()?;
-                let n = self.stream.read(&mut self.inbuf)?;
-                if n == 0 {
-                    return Err(TransportError::Closed);
-                }
-                self.traffic.received += n as u64;
-                self.start = 0;
-                self.end = n;
-            }
+            self.fill()?;
             let mut input = &self.inbuf[self.start..self.end];
             let before = input.len();
             let msg = self.decoder.next_message(&mut input)?;
