@@ -797,4 +797,46 @@ mod tests {
             assert_eq!(live_tickets(&mut store), 0, "{name}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Hostile bytes on the provisioning link (garbage, or a valid offer followed by garbage)
+        /// never panic and never leave a live ticket.
+        #[test]
+        fn hostile_provisioning_bytes_never_panic(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            offer_first in proptest::prelude::any::<bool>(),
+            split in 1usize..97,
+        ) {
+            let mut mem = std::vec![0u8; 2 * 4096];
+            let mut store = SliceStore::new(&mut mem, 4096);
+            let mut rx = ProvisionReceiver::new(Some("m"));
+            let mut stream = Vec::new();
+            if offer_first {
+                stream.extend(frame(&Message::ProvisionOffer {
+                    model_id: "m",
+                    arch_hash: [1; 32],
+                    ticket_len: 2000,
+                    tickets: 2,
+                }));
+            }
+            stream.extend(garbage);
+            let mut tx = [0u8; MAX_FRAME_SIZE];
+            'feed: for part in stream.chunks(split) {
+                let mut rest = part;
+                while !rest.is_empty() {
+                    while let Ok(Some(_)) = rx.poll_transmit(&mut tx) {}
+                    let before = rest.len();
+                    match rx.receive(&mut store, &mut rest) {
+                        Err(_) => break 'feed,
+                        Ok(_) if rest.len() == before => break,
+                        Ok(_) => {}
+                    }
+                }
+            }
+            // Random bytes cannot complete a ticket with a valid header for [1; 32].
+            proptest::prop_assert_eq!(live_tickets(&mut store), 0);
+        }
+    }
 }

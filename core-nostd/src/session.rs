@@ -694,4 +694,57 @@ mod tests {
         assert_eq!(s.state(), SessionState::Failed);
         assert!(s.start(header, SliceBody::of_ticket(&t).unwrap(), &X[..]).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// A hostile server (garbage, or valid frames in any order after a real handshake) gets a
+        /// typed error or progress, never a panic; after an error the session stays failed.
+        #[test]
+        fn hostile_bytes_never_panic(
+            msgs in proptest::collection::vec((0u8..6, 0u16..4, 0u32..4, 0usize..129), 0..8),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            after_hello in proptest::prelude::any::<bool>(),
+            split in 1usize..97,
+        ) {
+            let a = arch();
+            // Valid frames of every server message kind, with arbitrary layers, offsets and
+            // lengths, then garbage.
+            let values = [Fp::from_i64(-3); MAX_CHUNK_VALUES];
+            let mut stream = Vec::new();
+            for (kind, layer, offset, n) in msgs {
+                let c = FieldChunk { layer, offset, values: FieldElems::from_values(&values[..n]) };
+                stream.extend(frame(&match kind {
+                    0 => Message::ActivationDelta(c),
+                    1 => Message::OutputShare(c),
+                    2 => Message::ServerHello { version: PROTOCOL_VERSION, arch: a.clone() },
+                    3 => Message::Error { code: ErrorCode::Internal, detail: "no" },
+                    4 => Message::TicketGranted { ticket_id: TicketId([1; 16]) },
+                    _ => Message::MaskedActivation(c),
+                }));
+            }
+            stream.extend(garbage);
+            let garbage = stream;
+            let t = ticket(&a, 3);
+            let mut s = if after_hello { ready(&a) } else { Session::new("t", a.hash()).unwrap() };
+            if after_hello {
+                let header = TicketHeader::from_bytes(&t).unwrap();
+                s.start(header, SliceBody::of_ticket(&t).unwrap(), &X[..]).unwrap();
+            }
+            let mut buf = [0u8; MAX_FRAME_SIZE];
+            for part in garbage.chunks(split) {
+                let mut rest = part;
+                while !rest.is_empty() {
+                    while let Ok(Some(_)) = s.poll_transmit(&mut buf) {}
+                    let before = rest.len();
+                    if s.receive(&mut rest).is_err() {
+                        proptest::prop_assert_eq!(s.state(), SessionState::Failed);
+                        rest = &[];
+                    } else if rest.len() == before {
+                        break; // an answer is pending: poll_transmit above sends it
+                    }
+                }
+            }
+        }
+    }
 }
