@@ -390,20 +390,20 @@ fn provision_cmd(server: &str, model_id: &str, link: &str, count: usize, wallet:
     let mut conn = Connection::connect(server, IO_TIMEOUT)?;
     let arch = conn.hello(model_id, None)?;
     let wallet = TicketWallet::open(wallet, model_id)?;
+    // Fresh tickets go to the wallet first, so a failure anywhere below leaves every ticket there.
+    let fresh = count.saturating_sub(wallet.count()?);
+    if fresh > 0 {
+        eprintln!("the wallet holds {} tickets: making {fresh} with the server", wallet.count()?);
+        for _ in 0..fresh {
+            let (bytes, _) = preprocess(&mut conn, &arch, &mut rand::rng())?;
+            wallet.store(&arch, &bytes)?;
+        }
+    }
     let mut tickets = Vec::with_capacity(count);
     while tickets.len() < count {
         match wallet.take(&arch)? {
             Some(t) => tickets.push(t),
             None => break,
-        }
-    }
-    let fresh = count - tickets.len();
-    if fresh > 0 {
-        eprintln!("the wallet holds {} tickets: making {fresh} with the server", tickets.len());
-        for _ in 0..fresh {
-            let (bytes, _) = preprocess(&mut conn, &arch, &mut rand::rng())?;
-            let header = core_nostd::ticket::TicketHeader::from_bytes(&bytes).map_err(|e| e.to_string())?;
-            tickets.push(Ticket { header, bytes });
         }
     }
     drop(conn);

@@ -206,6 +206,10 @@ pub fn run_emulated_board(
         Ok(link.traffic().sent)
     })();
 
+    if provisioned.is_err() {
+        // The board would wait for tickets forever: stop it now rather than at the timeout.
+        let _ = qemu.kill();
+    }
     let deadline = Instant::now() + timeout;
     let status = loop {
         match qemu.try_wait() {
