@@ -45,7 +45,7 @@ fn main() {
                 continue;
             }
         };
-        let loaded = match model::load(&path, &name, &cal) {
+        let loaded = match model::load(&path, &name, &cal, model::merge::FAILURE_TARGET_LOG2) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("{}: {e}", path.display());

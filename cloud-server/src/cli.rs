@@ -40,6 +40,11 @@ struct ModelArgs {
     /// takes 28x28 images; otherwise seeded random inputs).
     #[arg(long)]
     calib: Option<PathBuf>,
+    /// When calibrating: the per-inference truncation failure bound, as log2. The bundled models
+    /// use the DESIGN's -30; a weaker bound (up to -10) buys fraction bits, i.e. agreement with
+    /// f32, at the price of a wrong result once in 2^-x inferences.
+    #[arg(long, default_value_t = model::merge::FAILURE_TARGET_LOG2, allow_negative_numbers = true)]
+    failure_log2: f64,
 }
 
 #[derive(Subcommand)]
@@ -104,19 +109,18 @@ fn model_id(path: &Path) -> String {
 }
 
 /// Import, merge and quantise: with the committed `<model>.quant.json` when it exists and no
-/// `--calib` is given, else calibrating as documented on [`ModelArgs::calib`].
-pub fn load_for_cli(path: &Path, calib: Option<&Path>) -> Result<LoadedModel, Box<dyn std::error::Error>> {
-    if calib.is_none() && model::quant_path(path).exists() {
-        return Ok(model::load_calibrated(path, &model_id(path))?);
+/// `--calib` or `--failure-log2` is given, else calibrating as documented on [`ModelArgs`].
+fn load_for_cli(a: &ModelArgs) -> Result<LoadedModel, Box<dyn std::error::Error>> {
+    let recalibrate = a.calib.is_some() || a.failure_log2 != model::merge::FAILURE_TARGET_LOG2;
+    if !recalibrate && model::quant_path(&a.model).exists() {
+        return Ok(model::load_calibrated(&a.model, &model_id(&a.model))?);
     }
-    calibrate_for_cli(path, calib)
+    calibrate_for_cli(a)
 }
 
 /// Import, merge and choose the fixed-point parameters from calibration data.
-pub fn calibrate_for_cli(
-    path: &Path,
-    calib: Option<&Path>,
-) -> Result<LoadedModel, Box<dyn std::error::Error>> {
+fn calibrate_for_cli(a: &ModelArgs) -> Result<LoadedModel, Box<dyn std::error::Error>> {
+    let (path, calib) = (a.model.as_path(), a.calib.as_deref());
     let imported = model::onnx::import_path(path)?;
     let default = Path::new(DEFAULT_TRAIN_IMAGES);
     let images = match calib {
@@ -129,11 +133,11 @@ pub fn calibrate_for_cli(
         images,
         if images.is_some() { CALIBRATION_COUNT } else { 256 },
     )?;
-    Ok(model::load(path, &model_id(path), &cal)?)
+    Ok(model::load(path, &model_id(path), &cal, a.failure_log2)?)
 }
 
 fn calibrate(a: &ModelArgs) -> Res {
-    let m = calibrate_for_cli(&a.model, a.calib.as_deref())?;
+    let m = calibrate_for_cli(a)?;
     let path = model::quant_path(&a.model);
     std::fs::write(&path, serde_json::to_string_pretty(&m.report)? + "\n")?;
     println!(
@@ -154,7 +158,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn inspect(a: &ModelArgs) -> Res {
-    let m = load_for_cli(&a.model, a.calib.as_deref())?;
+    let m = load_for_cli(a)?;
     println!("model {}  input {:?}", a.model.display(), m.imported.input);
     println!("\nbefore merging: {} ONNX nodes", m.imported.nodes.len());
     let mut shape = m.imported.input;
@@ -219,7 +223,7 @@ fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
 }
 
 fn eval(a: &ModelArgs, data: &Path, limit: Option<usize>) -> Res {
-    let m = load_for_cli(&a.model, a.calib.as_deref())?;
+    let m = load_for_cli(a)?;
     let img_path = find(data, "t10k-images-idx3-ubyte").ok_or("no t10k-images-idx3-ubyte[.gz] in --data")?;
     let lbl_path = find(data, "t10k-labels-idx1-ubyte").ok_or("no t10k-labels-idx1-ubyte[.gz] in --data")?;
     let images = idx::read_images(&img_path)?;
@@ -279,7 +283,7 @@ fn eval(a: &ModelArgs, data: &Path, limit: Option<usize>) -> Res {
 }
 
 fn reference(a: &ModelArgs, img: &Path, index: usize, labels: Option<PathBuf>) -> Res {
-    let m = load_for_cli(&a.model, a.calib.as_deref())?;
+    let m = load_for_cli(a)?;
     let images = idx::read_images(img)?;
 
     let lbl_path = labels.or_else(|| {
@@ -322,7 +326,11 @@ pub fn load_served_models(
     let mut models = Vec::new();
     for entry in &config.models {
         let m = model::load_calibrated(&entry.path, &entry.id)?;
-        tracing::info!(model = %entry.id, hash = %hex(&m.merged.arch.hash()), maps = m.merged.maps.len(), "model loaded");
+        let bound = m.report.failure_log2;
+        tracing::info!(model = %entry.id, hash = %hex(&m.merged.arch.hash()), maps = m.merged.maps.len(), failure_log2 = bound, "model loaded");
+        if bound > model::merge::FAILURE_TARGET_LOG2 {
+            tracing::warn!(model = %entry.id, failure_log2 = bound, "calibrated for a truncation failure bound weaker than the default 2^-30 (DESIGN §3)");
+        }
         models.push(crate::session::ServedModel::from_merged(&m.merged));
     }
     Ok(models)

@@ -126,7 +126,9 @@ fn fixed_point_oracle_tracks_the_float_model_within_the_failure_budget() {
         let cases = expected(name);
         let imp = model::onnx::import_path(&fixture(&format!("{name}.onnx"))).unwrap();
         let cal = model::calibration_inputs(imp.input, None, 64).unwrap();
-        let loaded = model::load(&fixture(&format!("{name}.onnx")), name, &cal).unwrap();
+        let loaded =
+            model::load(&fixture(&format!("{name}.onnx")), name, &cal, model::merge::FAILURE_TARGET_LOG2)
+                .unwrap();
         assert!(loaded.report.failure_log2 <= -30.0, "{name}: bound 2^{}", loaded.report.failure_log2);
         for (x, torch) in &cases {
             // The rescaled twin computes the same function.
@@ -145,4 +147,40 @@ fn fixed_point_oracle_tracks_the_float_model_within_the_failure_budget() {
             let _ = argmax(&fixed);
         }
     }
+}
+
+#[test]
+fn calibrate_trades_the_failure_bound_for_fraction_bits_on_request() {
+    let dir = std::env::temp_dir().join(format!("calibrate-failure-bound-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let onnx = dir.join("tiny-cnn.onnx");
+    std::fs::copy(fixture("tiny-cnn.onnx"), &onnx).unwrap();
+    let calibrate = |bound: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cloud-server"))
+            .args(["model", "calibrate"])
+            .arg(&onnx)
+            .args(["--failure-log2", bound])
+            .output()
+            .unwrap()
+    };
+    let report = |bound: &str| -> model::QuantReport {
+        let out = calibrate(bound);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&std::fs::read_to_string(model::quant_path(&onnx)).unwrap()).unwrap()
+    };
+    let strict = report("-30");
+    let weak = report("-20");
+    assert!(
+        strict.failure_log2 <= -30.0 && (-30.0..=-20.0).contains(&weak.failure_log2),
+        "{strict:?} {weak:?}"
+    );
+    let bits = |r: &model::QuantReport| {
+        u32::from(r.frac_bits) + r.truncate_bits.iter().map(|&t| u32::from(t)).sum::<u32>()
+    };
+    assert!(bits(&weak) > bits(&strict), "{strict:?} {weak:?}");
+    // A bound under which failures would be routine is refused, with the reason.
+    let out = calibrate("-4");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failure bound 2^-4"), "{out:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

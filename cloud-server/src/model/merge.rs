@@ -30,8 +30,11 @@ use core_nostd::arch::{AffineSpec, Architecture, LinearKind, Shape};
 
 /// Factor applied to the measured per-map maxima before bounding the failure probability.
 pub const SAFETY_MARGIN: f64 = 2.0;
-/// Required bound on the truncation failure probability of one inference.
+/// Required bound on the truncation failure probability of one inference (DESIGN §3): every
+/// bundled model is calibrated to it. `model calibrate --failure-log2` trades it for precision.
 pub const FAILURE_TARGET_LOG2: f64 = -30.0;
+/// The weakest bound `quantise` accepts: below 2^-10 failures would be routine, not rare.
+pub const WEAKEST_FAILURE_LOG2: f64 = -10.0;
 
 /// Why merging or quantisation failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +45,14 @@ pub enum MergeError {
     TooLarge { map: usize, inputs: usize, outputs: usize },
     #[error("too many maps ({0})")]
     TooManyMaps(usize),
-    #[error("no fixed-point parameters meet the 2^-30 failure bound")]
-    NoParameters,
+    #[error("no fixed-point parameters meet the 2^{0} failure bound")]
+    NoParameters(f64),
+    #[error("failure bound 2^{0} is not between 2^-60 and 2^{WEAKEST_FAILURE_LOG2}")]
+    FailureTarget(f64),
+    #[error(
+        "the parameters list {truncate_bits} truncations and {shifts} shifts for a model of {maps} maps"
+    )]
+    Parameters { maps: usize, truncate_bits: usize, shifts: usize },
     #[error("invalid merged model: {0}")]
     Model(#[from] super::merged::ModelError),
     #[error("calibration data is empty or has the wrong input length")]
@@ -361,7 +370,7 @@ fn max_abs(v: &[f64]) -> f64 {
 }
 
 /// Choose f, t_i, s_i from per-map maxima (water-filling, see the module docs).
-fn choose(maps: &[FloatMap], stats: &[Stats]) -> Option<(i32, Vec<i32>, Vec<i32>)> {
+fn choose(maps: &[FloatMap], stats: &[Stats], target_log2: f64) -> Option<(i32, Vec<i32>, Vec<i32>)> {
     let l = maps.len();
     let m: Vec<f64> = stats.iter().map(|st| st.max.max(1e-6)).collect();
     // Bits by which typical values sit below the layer maximum.
@@ -389,7 +398,7 @@ fn choose(maps: &[FloatMap], stats: &[Stats]) -> Option<(i32, Vec<i32>, Vec<i32>
         };
         let ok = |e: &[i32], w: &[i32]| {
             let (s, t) = derive(e, w);
-            failure_log2(stats, f, &t, &s) <= FAILURE_TARGET_LOG2
+            failure_log2(stats, f, &t, &s) <= target_log2
         };
         if !ok(&e, &w) {
             continue;
@@ -450,13 +459,19 @@ pub fn rescale(model: &FloatModel, s: &[i32]) -> FloatModel {
     out
 }
 
-/// Choose parameters from calibration inputs and quantise. Returns the merged model, the
-/// rescaled float model (the real-valued twin of the merged model), and the report.
+/// Choose parameters from calibration inputs so that one inference fails with probability at
+/// most `2^failure_target_log2` ([`FAILURE_TARGET_LOG2`] unless an operator accepts more) and
+/// quantise. Returns the merged model, the rescaled float model (the real-valued twin of the
+/// merged model), and the report.
 pub fn quantise(
     model_id: &str,
     float: &FloatModel,
     calibration: &[Vec<f64>],
+    failure_target_log2: f64,
 ) -> Result<(MergedModel, FloatModel, QuantReport), MergeError> {
+    if !(-60.0..=WEAKEST_FAILURE_LOG2).contains(&failure_target_log2) {
+        return Err(MergeError::FailureTarget(failure_target_log2));
+    }
     let l = float.maps.len();
     if calibration.is_empty() || calibration.iter().any(|x| x.len() != float.input.len()) {
         return Err(MergeError::Calibration);
@@ -492,7 +507,8 @@ pub fn quantise(
             sum_max_sq: image_sum_sq_max[i] * SAFETY_MARGIN * SAFETY_MARGIN,
         })
         .collect();
-    let (f, t, s) = choose(&float.maps, &stats).ok_or(MergeError::NoParameters)?;
+    let (f, t, s) = choose(&float.maps, &stats, failure_target_log2)
+        .ok_or(MergeError::NoParameters(failure_target_log2))?;
     let report = QuantReport {
         frac_bits: f as u8,
         truncate_bits: t.iter().map(|&v| v as u8).collect(),
@@ -515,7 +531,11 @@ pub fn quantise_with(
 ) -> Result<(MergedModel, FloatModel), MergeError> {
     let l = float.maps.len();
     if params.truncate_bits.len() != l || params.shifts.len() != l {
-        return Err(MergeError::NoParameters);
+        return Err(MergeError::Parameters {
+            maps: l,
+            truncate_bits: params.truncate_bits.len(),
+            shifts: params.shifts.len(),
+        });
     }
     let f = i32::from(params.frac_bits);
     let t: Vec<i32> = params.truncate_bits.iter().map(|&v| i32::from(v)).collect();
@@ -701,5 +721,33 @@ mod tests {
             + 4.0 * (4.0 * 65536.0 + 1.0))
             / P_F64;
         assert!((lo - expect.log2()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_weaker_failure_bound_buys_fraction_bits_and_is_met() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let d = |rng: &mut rand_chacha::ChaCha8Rng, i: usize, o: usize| FloatMap {
+            kind: LinearKind::Dense { inputs: i as u32, outputs: o as u32 },
+            weights: rand_vec(rng, i * o),
+            bias: rand_vec(rng, o),
+        };
+        let model = FloatModel { input: Shape::flat(8), maps: vec![d(&mut rng, 8, 6), d(&mut rng, 6, 3)] };
+        let cal: Vec<Vec<f64>> = (0..32).map(|_| rand_vec(&mut rng, 8)).collect();
+        let (_, _, strict) = quantise("m", &model, &cal, FAILURE_TARGET_LOG2).unwrap();
+        let (_, _, weak) = quantise("m", &model, &cal, -20.0).unwrap();
+        assert!(strict.failure_log2 <= FAILURE_TARGET_LOG2 && weak.failure_log2 <= -20.0);
+        assert!(
+            weak.failure_log2 > strict.failure_log2 + 5.0,
+            "{} vs {}",
+            weak.failure_log2,
+            strict.failure_log2
+        );
+        let bits = |r: &QuantReport| {
+            u32::from(r.frac_bits) + r.truncate_bits.iter().map(|&t| u32::from(t)).sum::<u32>()
+        };
+        assert!(bits(&weak) > bits(&strict), "{weak:?} vs {strict:?}");
+        for bad in [-5.0, -61.0, f64::NAN] {
+            assert!(matches!(quantise("m", &model, &cal, bad), Err(MergeError::FailureTarget(_))), "{bad}");
+        }
     }
 }

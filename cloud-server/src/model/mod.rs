@@ -75,11 +75,17 @@ pub fn load_calibrated(path: &Path, model_id: &str) -> Result<LoadedModel, LoadE
     Ok(LoadedModel { imported, float, scaled, merged, report })
 }
 
-/// Import, merge and quantise with the given calibration inputs.
-pub fn load(path: &Path, model_id: &str, calibration: &[Vec<f64>]) -> Result<LoadedModel, LoadError> {
+/// Import, merge and quantise with the given calibration inputs, for a per-inference
+/// truncation failure bound of `2^failure_target_log2` (normally [`merge::FAILURE_TARGET_LOG2`]).
+pub fn load(
+    path: &Path,
+    model_id: &str,
+    calibration: &[Vec<f64>],
+    failure_target_log2: f64,
+) -> Result<LoadedModel, LoadError> {
     let imported = onnx::import_path(path)?;
     let float = merge::merge_float(&imported)?;
-    let (merged, scaled, report) = merge::quantise(model_id, &float, calibration)?;
+    let (merged, scaled, report) = merge::quantise(model_id, &float, calibration, failure_target_log2)?;
     Ok(LoadedModel { imported, float, scaled, merged, report })
 }
 
