@@ -584,6 +584,14 @@ mod tests {
         (0..n).map(|_| rng.next_u32() as f64 / u32::MAX as f64 - 0.5).collect()
     }
 
+    fn dense(rng: &mut rand_chacha::ChaCha8Rng, inputs: usize, outputs: usize) -> FloatMap {
+        FloatMap {
+            kind: LinearKind::Dense { inputs: inputs as u32, outputs: outputs as u32 },
+            weights: rand_vec(rng, inputs * outputs),
+            bias: rand_vec(rng, outputs),
+        }
+    }
+
     fn conv(
         rng: &mut rand_chacha::ChaCha8Rng,
         cin: usize,
@@ -694,14 +702,9 @@ mod tests {
     #[test]
     fn rescaling_is_exact_and_the_bound_grows_with_precision() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let d = |rng: &mut rand_chacha::ChaCha8Rng, i: usize, o: usize| FloatMap {
-            kind: LinearKind::Dense { inputs: i as u32, outputs: o as u32 },
-            weights: rand_vec(rng, i * o),
-            bias: rand_vec(rng, o),
-        };
         let model = FloatModel {
             input: Shape::flat(6),
-            maps: vec![d(&mut rng, 6, 5), d(&mut rng, 5, 4), d(&mut rng, 4, 2)],
+            maps: vec![dense(&mut rng, 6, 5), dense(&mut rng, 5, 4), dense(&mut rng, 4, 2)],
         };
         let scaled = rescale(&model, &[3, -2, 0]);
         let x = rand_vec(&mut rng, 6);
@@ -726,12 +729,8 @@ mod tests {
     #[test]
     fn a_weaker_failure_bound_buys_fraction_bits_and_is_met() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        let d = |rng: &mut rand_chacha::ChaCha8Rng, i: usize, o: usize| FloatMap {
-            kind: LinearKind::Dense { inputs: i as u32, outputs: o as u32 },
-            weights: rand_vec(rng, i * o),
-            bias: rand_vec(rng, o),
-        };
-        let model = FloatModel { input: Shape::flat(8), maps: vec![d(&mut rng, 8, 6), d(&mut rng, 6, 3)] };
+        let model =
+            FloatModel { input: Shape::flat(8), maps: vec![dense(&mut rng, 8, 6), dense(&mut rng, 6, 3)] };
         let cal: Vec<Vec<f64>> = (0..32).map(|_| rand_vec(&mut rng, 8)).collect();
         let (_, _, strict) = quantise("m", &model, &cal, FAILURE_TARGET_LOG2).unwrap();
         let (_, _, weak) = quantise("m", &model, &cal, -20.0).unwrap();
