@@ -36,6 +36,9 @@ pub const FAILURE_TARGET_LOG2: f64 = -30.0;
 /// The weakest bound `quantise` accepts: below 2^-10 failures would be routine, not rare.
 pub const WEAKEST_FAILURE_LOG2: f64 = -10.0;
 
+/// Largest |rescale exponent| a parameter file may give (calibration picks single digits).
+pub const MAX_SHIFT: i32 = 40;
+
 /// Why merging or quantisation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
@@ -53,6 +56,8 @@ pub enum MergeError {
         "the parameters list {truncate_bits} truncations and {shifts} shifts for a model of {maps} maps"
     )]
     Parameters { maps: usize, truncate_bits: usize, shifts: usize },
+    #[error("map {map}: rescale exponent {shift} is outside +-{MAX_SHIFT}")]
+    Shift { map: usize, shift: i32 },
     #[error("invalid merged model: {0}")]
     Model(#[from] super::merged::ModelError),
     #[error("calibration data is empty or has the wrong input length")]
@@ -537,15 +542,28 @@ pub fn quantise_with(
             shifts: params.shifts.len(),
         });
     }
+    // The committed file is input: check every parameter (through the same validation as any
+    // descriptor from outside) before it is used as a shift or an exponent.
+    let mut maps: heapless::Vec<AffineSpec, { core_nostd::arch::MAX_MAPS }> = heapless::Vec::new();
+    for (m, &truncate_bits) in float.maps.iter().zip(&params.truncate_bits) {
+        maps.push(AffineSpec { kind: m.kind, truncate_bits }).map_err(|_| MergeError::TooManyMaps(l))?;
+    }
+    let mut id = heapless::String::new();
+    for ch in model_id.chars().take(core_nostd::arch::MAX_MODEL_ID) {
+        if id.push(ch).is_err() {
+            break;
+        }
+    }
+    let arch = Architecture { model_id: id, input: float.input, maps, frac_bits: params.frac_bits };
+    arch.validate().map_err(super::merged::ModelError::Arch)?;
+    if let Some((map, &shift)) = params.shifts.iter().enumerate().find(|(_, s)| s.abs() > MAX_SHIFT) {
+        return Err(MergeError::Shift { map, shift });
+    }
     let f = i32::from(params.frac_bits);
     let t: Vec<i32> = params.truncate_bits.iter().map(|&v| i32::from(v)).collect();
-    let s = params.shifts.clone();
-    let scaled = rescale(float, &s);
-    let mut maps: heapless::Vec<AffineSpec, { core_nostd::arch::MAX_MAPS }> = heapless::Vec::new();
+    let scaled = rescale(float, &params.shifts);
     let mut weights = vec![];
     for (i, m) in scaled.maps.iter().enumerate() {
-        maps.push(AffineSpec { kind: m.kind, truncate_bits: t[i] as u8 })
-            .map_err(|_| MergeError::TooManyMaps(l))?;
         let ws = 2f64.powi(t[i]);
         let bs = 2f64.powi(f + t[i]);
         let w_int: Vec<i64> = m.weights.iter().map(|v| (v * ws).round() as i64).collect();
@@ -562,13 +580,6 @@ pub fn quantise_with(
             .collect();
         weights.push(AffineWeights { weights: w_int, bias });
     }
-    let mut id = heapless::String::new();
-    for ch in model_id.chars().take(core_nostd::arch::MAX_MODEL_ID) {
-        if id.push(ch).is_err() {
-            break;
-        }
-    }
-    let arch = Architecture { model_id: id, input: float.input, maps, frac_bits: f as u8 };
     let merged = MergedModel { arch, maps: weights };
     merged.validate()?;
     Ok((merged, scaled))
@@ -748,5 +759,36 @@ mod tests {
         for bad in [-5.0, -61.0, f64::NAN] {
             assert!(matches!(quantise("m", &model, &cal, bad), Err(MergeError::FailureTarget(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn hostile_parameter_files_are_refused_before_use() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let model =
+            FloatModel { input: Shape::flat(4), maps: vec![dense(&mut rng, 4, 3), dense(&mut rng, 3, 2)] };
+        let good = QuantReport {
+            frac_bits: 8,
+            truncate_bits: vec![8, 8],
+            shifts: vec![0, 0],
+            measured_max: vec![1.0, 1.0],
+            failure_log2: -40.0,
+            calibration_inputs: 1,
+        };
+        assert!(quantise_with("m", &model, &good).is_ok());
+        let arch_error = |r: &QuantReport| {
+            matches!(
+                quantise_with("m", &model, r),
+                Err(MergeError::Model(super::super::merged::ModelError::Arch(_)))
+            )
+        };
+        assert!(arch_error(&QuantReport { frac_bits: 255, ..good.clone() }));
+        assert!(arch_error(&QuantReport { truncate_bits: vec![255, 8], ..good.clone() }));
+        let far = QuantReport { shifts: vec![i32::MAX, 0], ..good.clone() };
+        assert!(matches!(
+            quantise_with("m", &model, &far),
+            Err(MergeError::Shift { map: 0, shift: i32::MAX })
+        ));
+        let short = QuantReport { shifts: vec![0], ..good };
+        assert!(matches!(quantise_with("m", &model, &short), Err(MergeError::Parameters { maps: 2, .. })));
     }
 }
